@@ -102,7 +102,9 @@ func Serve(ctx context.Context, log *slog.Logger, listeners []Listener, ready fu
 
 // MountIntrospection mounts gRPC health and server reflection (v1 and v1alpha) for services on mux.
 func MountIntrospection(mux *http.ServeMux, services []string) {
-	reflector := grpcreflect.NewStaticReflector(services...)
+	// Health is listed too, so that grpcurl users find it; reflection lists itself.
+	listed := append(append([]string(nil), services...), grpchealth.HealthV1ServiceName)
+	reflector := grpcreflect.NewStaticReflector(listed...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...)))

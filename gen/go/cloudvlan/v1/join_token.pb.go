@@ -165,7 +165,7 @@ type JoinToken struct {
 	// What the token enrolls.
 	Kind JoinTokenKind `protobuf:"varint,11,opt,name=kind,proto3,enum=cloudvlan.v1.JoinTokenKind" json:"kind,omitempty"`
 	// For RELAY and VROUTER: the id of the Relay or VRouter resource the enrollment registers as
-	// (create it first). Empty for NODE.
+	// (create it first; for a shared relay a super_admin creates the token). Empty for NODE.
 	TargetId string `protobuf:"bytes,12,opt,name=target_id,json=targetId,proto3" json:"target_id,omitempty"`
 	// Whether the token may be used more than once (up to max_uses). Default single-use.
 	Reusable bool `protobuf:"varint,13,opt,name=reusable,proto3" json:"reusable,omitempty"`

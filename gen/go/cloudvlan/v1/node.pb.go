@@ -381,7 +381,10 @@ type Node struct {
 	// For RELAY and VROUTER nodes: the id of the Relay or VRouter this node is. Output only.
 	LinkedResourceId string `protobuf:"bytes,31,opt,name=linked_resource_id,json=linkedResourceId,proto3" json:"linked_resource_id,omitempty"`
 	// The join token the node enrolled with. Output only.
-	JoinTokenId   string `protobuf:"bytes,32,opt,name=join_token_id,json=joinTokenId,proto3" json:"join_token_id,omitempty"`
+	JoinTokenId string `protobuf:"bytes,32,opt,name=join_token_id,json=joinTokenId,proto3" json:"join_token_id,omitempty"`
+	// The latest session conflict: the node's identity streaming from two places at once (a cloned
+	// or stolen identity). Absent when none was seen. Output only.
+	Conflict      *NodeConflict `protobuf:"bytes,33,opt,name=conflict,proto3" json:"conflict,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -626,6 +629,87 @@ func (x *Node) GetJoinTokenId() string {
 	return ""
 }
 
+func (x *Node) GetConflict() *NodeConflict {
+	if x != nil {
+		return x.Conflict
+	}
+	return nil
+}
+
+// NodeConflict records one node identity streaming from two places at once. What happens next
+// depends on TenantSettings.quarantine_on_conflict.
+type NodeConflict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the second stream was seen.
+	DetectTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=detect_time,json=detectTime,proto3" json:"detect_time,omitempty"`
+	// The remote addresses ("host:port") of the competing streams.
+	Addresses []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Whether the conflict is ongoing (both streams still open); false once one of them ended.
+	Active bool `protobuf:"varint,3,opt,name=active,proto3" json:"active,omitempty"`
+	// Whether the controller quarantined the node because of it.
+	Quarantined   bool `protobuf:"varint,4,opt,name=quarantined,proto3" json:"quarantined,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeConflict) Reset() {
+	*x = NodeConflict{}
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeConflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeConflict) ProtoMessage() {}
+
+func (x *NodeConflict) ProtoReflect() protoreflect.Message {
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeConflict.ProtoReflect.Descriptor instead.
+func (*NodeConflict) Descriptor() ([]byte, []int) {
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *NodeConflict) GetDetectTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DetectTime
+	}
+	return nil
+}
+
+func (x *NodeConflict) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+func (x *NodeConflict) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *NodeConflict) GetQuarantined() bool {
+	if x != nil {
+		return x.Quarantined
+	}
+	return false
+}
+
 // NodeSync is the node's progress applying its network map.
 type NodeSync struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -647,7 +731,7 @@ type NodeSync struct {
 
 func (x *NodeSync) Reset() {
 	*x = NodeSync{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[1]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -659,7 +743,7 @@ func (x *NodeSync) String() string {
 func (*NodeSync) ProtoMessage() {}
 
 func (x *NodeSync) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[1]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -672,7 +756,7 @@ func (x *NodeSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeSync.ProtoReflect.Descriptor instead.
 func (*NodeSync) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{1}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *NodeSync) GetState() NodeSyncState {
@@ -732,7 +816,7 @@ type NodeEndpoint struct {
 
 func (x *NodeEndpoint) Reset() {
 	*x = NodeEndpoint{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[2]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +828,7 @@ func (x *NodeEndpoint) String() string {
 func (*NodeEndpoint) ProtoMessage() {}
 
 func (x *NodeEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[2]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +841,7 @@ func (x *NodeEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeEndpoint.ProtoReflect.Descriptor instead.
 func (*NodeEndpoint) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *NodeEndpoint) GetAddress() string {
@@ -796,7 +880,7 @@ type NodeRoute struct {
 
 func (x *NodeRoute) Reset() {
 	*x = NodeRoute{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[3]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +892,7 @@ func (x *NodeRoute) String() string {
 func (*NodeRoute) ProtoMessage() {}
 
 func (x *NodeRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[3]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +905,7 @@ func (x *NodeRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRoute.ProtoReflect.Descriptor instead.
 func (*NodeRoute) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NodeRoute) GetCidr() string {
@@ -872,7 +956,7 @@ type NodePeerPath struct {
 
 func (x *NodePeerPath) Reset() {
 	*x = NodePeerPath{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[4]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +968,7 @@ func (x *NodePeerPath) String() string {
 func (*NodePeerPath) ProtoMessage() {}
 
 func (x *NodePeerPath) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[4]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +981,7 @@ func (x *NodePeerPath) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodePeerPath.ProtoReflect.Descriptor instead.
 func (*NodePeerPath) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodePeerPath) GetPeerNodeId() string {
@@ -976,7 +1060,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[5]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1072,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[5]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1085,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetNodeRequest) GetTenantId() string {
@@ -1029,7 +1113,7 @@ type GetNodeResponse struct {
 
 func (x *GetNodeResponse) Reset() {
 	*x = GetNodeResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[6]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1125,7 @@ func (x *GetNodeResponse) String() string {
 func (*GetNodeResponse) ProtoMessage() {}
 
 func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[6]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1138,7 @@ func (x *GetNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeResponse.ProtoReflect.Descriptor instead.
 func (*GetNodeResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetNodeResponse) GetNode() *Node {
@@ -1095,7 +1179,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[7]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1191,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[7]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1204,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListNodesRequest) GetTenantId() string {
@@ -1215,7 +1299,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[8]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1311,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[8]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1324,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1279,7 +1363,7 @@ type UpdateNodeRequest struct {
 
 func (x *UpdateNodeRequest) Reset() {
 	*x = UpdateNodeRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[9]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1375,7 @@ func (x *UpdateNodeRequest) String() string {
 func (*UpdateNodeRequest) ProtoMessage() {}
 
 func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[9]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1388,7 @@ func (x *UpdateNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateNodeRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateNodeRequest) GetTenantId() string {
@@ -1339,7 +1423,7 @@ type UpdateNodeResponse struct {
 
 func (x *UpdateNodeResponse) Reset() {
 	*x = UpdateNodeResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[10]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1435,7 @@ func (x *UpdateNodeResponse) String() string {
 func (*UpdateNodeResponse) ProtoMessage() {}
 
 func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[10]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1448,7 @@ func (x *UpdateNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateNodeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateNodeResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateNodeResponse) GetNode() *Node {
@@ -1389,7 +1473,7 @@ type DeleteNodeRequest struct {
 
 func (x *DeleteNodeRequest) Reset() {
 	*x = DeleteNodeRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[11]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1485,7 @@ func (x *DeleteNodeRequest) String() string {
 func (*DeleteNodeRequest) ProtoMessage() {}
 
 func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[11]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1498,7 @@ func (x *DeleteNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteNodeRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteNodeRequest) GetTenantId() string {
@@ -1447,7 +1531,7 @@ type DeleteNodeResponse struct {
 
 func (x *DeleteNodeResponse) Reset() {
 	*x = DeleteNodeResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[12]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1543,7 @@ func (x *DeleteNodeResponse) String() string {
 func (*DeleteNodeResponse) ProtoMessage() {}
 
 func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[12]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1556,7 @@ func (x *DeleteNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteNodeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteNodeResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 // QuarantineNodeRequest quarantines a node.
@@ -1492,7 +1576,7 @@ type QuarantineNodeRequest struct {
 
 func (x *QuarantineNodeRequest) Reset() {
 	*x = QuarantineNodeRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[13]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1588,7 @@ func (x *QuarantineNodeRequest) String() string {
 func (*QuarantineNodeRequest) ProtoMessage() {}
 
 func (x *QuarantineNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[13]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1601,7 @@ func (x *QuarantineNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuarantineNodeRequest.ProtoReflect.Descriptor instead.
 func (*QuarantineNodeRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *QuarantineNodeRequest) GetTenantId() string {
@@ -1559,7 +1643,7 @@ type QuarantineNodeResponse struct {
 
 func (x *QuarantineNodeResponse) Reset() {
 	*x = QuarantineNodeResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[14]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1655,7 @@ func (x *QuarantineNodeResponse) String() string {
 func (*QuarantineNodeResponse) ProtoMessage() {}
 
 func (x *QuarantineNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[14]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1668,7 @@ func (x *QuarantineNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuarantineNodeResponse.ProtoReflect.Descriptor instead.
 func (*QuarantineNodeResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *QuarantineNodeResponse) GetNode() *Node {
@@ -1609,7 +1693,7 @@ type UnquarantineNodeRequest struct {
 
 func (x *UnquarantineNodeRequest) Reset() {
 	*x = UnquarantineNodeRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[15]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1705,7 @@ func (x *UnquarantineNodeRequest) String() string {
 func (*UnquarantineNodeRequest) ProtoMessage() {}
 
 func (x *UnquarantineNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[15]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1718,7 @@ func (x *UnquarantineNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnquarantineNodeRequest.ProtoReflect.Descriptor instead.
 func (*UnquarantineNodeRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UnquarantineNodeRequest) GetTenantId() string {
@@ -1669,7 +1753,7 @@ type UnquarantineNodeResponse struct {
 
 func (x *UnquarantineNodeResponse) Reset() {
 	*x = UnquarantineNodeResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[16]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1765,7 @@ func (x *UnquarantineNodeResponse) String() string {
 func (*UnquarantineNodeResponse) ProtoMessage() {}
 
 func (x *UnquarantineNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[16]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1778,7 @@ func (x *UnquarantineNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnquarantineNodeResponse.ProtoReflect.Descriptor instead.
 func (*UnquarantineNodeResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UnquarantineNodeResponse) GetNode() *Node {
@@ -1723,7 +1807,7 @@ type ApproveNodeRoutesRequest struct {
 
 func (x *ApproveNodeRoutesRequest) Reset() {
 	*x = ApproveNodeRoutesRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[17]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1819,7 @@ func (x *ApproveNodeRoutesRequest) String() string {
 func (*ApproveNodeRoutesRequest) ProtoMessage() {}
 
 func (x *ApproveNodeRoutesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[17]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1832,7 @@ func (x *ApproveNodeRoutesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveNodeRoutesRequest.ProtoReflect.Descriptor instead.
 func (*ApproveNodeRoutesRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ApproveNodeRoutesRequest) GetTenantId() string {
@@ -1797,7 +1881,7 @@ type ApproveNodeRoutesResponse struct {
 
 func (x *ApproveNodeRoutesResponse) Reset() {
 	*x = ApproveNodeRoutesResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[18]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1893,7 @@ func (x *ApproveNodeRoutesResponse) String() string {
 func (*ApproveNodeRoutesResponse) ProtoMessage() {}
 
 func (x *ApproveNodeRoutesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[18]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1906,7 @@ func (x *ApproveNodeRoutesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveNodeRoutesResponse.ProtoReflect.Descriptor instead.
 func (*ApproveNodeRoutesResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ApproveNodeRoutesResponse) GetNode() *Node {
@@ -1858,7 +1942,7 @@ type CreateStaticPeerRequest struct {
 
 func (x *CreateStaticPeerRequest) Reset() {
 	*x = CreateStaticPeerRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[19]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +1954,7 @@ func (x *CreateStaticPeerRequest) String() string {
 func (*CreateStaticPeerRequest) ProtoMessage() {}
 
 func (x *CreateStaticPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[19]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +1967,7 @@ func (x *CreateStaticPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateStaticPeerRequest.ProtoReflect.Descriptor instead.
 func (*CreateStaticPeerRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CreateStaticPeerRequest) GetTenantId() string {
@@ -1957,7 +2041,7 @@ type CreateStaticPeerResponse struct {
 
 func (x *CreateStaticPeerResponse) Reset() {
 	*x = CreateStaticPeerResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[20]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1969,7 +2053,7 @@ func (x *CreateStaticPeerResponse) String() string {
 func (*CreateStaticPeerResponse) ProtoMessage() {}
 
 func (x *CreateStaticPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[20]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1982,7 +2066,7 @@ func (x *CreateStaticPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateStaticPeerResponse.ProtoReflect.Descriptor instead.
 func (*CreateStaticPeerResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateStaticPeerResponse) GetNode() *Node {
@@ -2012,7 +2096,7 @@ type GetStaticPeerConfigRequest struct {
 
 func (x *GetStaticPeerConfigRequest) Reset() {
 	*x = GetStaticPeerConfigRequest{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[21]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2108,7 @@ func (x *GetStaticPeerConfigRequest) String() string {
 func (*GetStaticPeerConfigRequest) ProtoMessage() {}
 
 func (x *GetStaticPeerConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[21]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2121,7 @@ func (x *GetStaticPeerConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStaticPeerConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetStaticPeerConfigRequest) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetStaticPeerConfigRequest) GetTenantId() string {
@@ -2065,7 +2149,7 @@ type GetStaticPeerConfigResponse struct {
 
 func (x *GetStaticPeerConfigResponse) Reset() {
 	*x = GetStaticPeerConfigResponse{}
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[22]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2077,7 +2161,7 @@ func (x *GetStaticPeerConfigResponse) String() string {
 func (*GetStaticPeerConfigResponse) ProtoMessage() {}
 
 func (x *GetStaticPeerConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cloudvlan_v1_node_proto_msgTypes[22]
+	mi := &file_cloudvlan_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2090,7 +2174,7 @@ func (x *GetStaticPeerConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetStaticPeerConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetStaticPeerConfigResponse) Descriptor() ([]byte, []int) {
-	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_cloudvlan_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetStaticPeerConfigResponse) GetWgQuickConfig() string {
@@ -2104,8 +2188,7 @@ var File_cloudvlan_v1_node_proto protoreflect.FileDescriptor
 
 const file_cloudvlan_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x17cloudvlan/v1/node.proto\x12\fcloudvlan.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\n" +
-	"\n" +
+	"\x17cloudvlan/v1/node.proto\x12\fcloudvlan.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\v\n" +
 	"\x04Node\x12\x1b\n" +
 	"\x02id\x18\x01 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x02id\x12(\n" +
 	"\ttenant_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\btenantId\x12B\n" +
@@ -2140,7 +2223,14 @@ const file_cloudvlan_v1_node_proto_rawDesc = "" +
 	"\x11quarantine_reason\x18\x1d \x01(\tR\x10quarantineReason\x12C\n" +
 	"\x0fquarantine_time\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\x0equarantineTime\x12,\n" +
 	"\x12linked_resource_id\x18\x1f \x01(\tR\x10linkedResourceId\x12\"\n" +
-	"\rjoin_token_id\x18  \x01(\tR\vjoinTokenId\"\x83\x02\n" +
+	"\rjoin_token_id\x18  \x01(\tR\vjoinTokenId\x126\n" +
+	"\bconflict\x18! \x01(\v2\x1a.cloudvlan.v1.NodeConflictR\bconflict\"\xa3\x01\n" +
+	"\fNodeConflict\x12;\n" +
+	"\vdetect_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"detectTime\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\x12\x16\n" +
+	"\x06active\x18\x03 \x01(\bR\x06active\x12 \n" +
+	"\vquarantined\x18\x04 \x01(\bR\vquarantined\"\x83\x02\n" +
 	"\bNodeSync\x121\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1b.cloudvlan.v1.NodeSyncStateR\x05state\x12'\n" +
 	"\x0fdesired_version\x18\x02 \x01(\x04R\x0edesiredVersion\x12'\n" +
@@ -2308,7 +2398,7 @@ func file_cloudvlan_v1_node_proto_rawDescGZIP() []byte {
 }
 
 var file_cloudvlan_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_cloudvlan_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_cloudvlan_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_cloudvlan_v1_node_proto_goTypes = []any{
 	(NodeKind)(0),                       // 0: cloudvlan.v1.NodeKind
 	(NodeStatus)(0),                     // 1: cloudvlan.v1.NodeStatus
@@ -2316,88 +2406,91 @@ var file_cloudvlan_v1_node_proto_goTypes = []any{
 	(NodeEndpointType)(0),               // 3: cloudvlan.v1.NodeEndpointType
 	(NodePathType)(0),                   // 4: cloudvlan.v1.NodePathType
 	(*Node)(nil),                        // 5: cloudvlan.v1.Node
-	(*NodeSync)(nil),                    // 6: cloudvlan.v1.NodeSync
-	(*NodeEndpoint)(nil),                // 7: cloudvlan.v1.NodeEndpoint
-	(*NodeRoute)(nil),                   // 8: cloudvlan.v1.NodeRoute
-	(*NodePeerPath)(nil),                // 9: cloudvlan.v1.NodePeerPath
-	(*GetNodeRequest)(nil),              // 10: cloudvlan.v1.GetNodeRequest
-	(*GetNodeResponse)(nil),             // 11: cloudvlan.v1.GetNodeResponse
-	(*ListNodesRequest)(nil),            // 12: cloudvlan.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),           // 13: cloudvlan.v1.ListNodesResponse
-	(*UpdateNodeRequest)(nil),           // 14: cloudvlan.v1.UpdateNodeRequest
-	(*UpdateNodeResponse)(nil),          // 15: cloudvlan.v1.UpdateNodeResponse
-	(*DeleteNodeRequest)(nil),           // 16: cloudvlan.v1.DeleteNodeRequest
-	(*DeleteNodeResponse)(nil),          // 17: cloudvlan.v1.DeleteNodeResponse
-	(*QuarantineNodeRequest)(nil),       // 18: cloudvlan.v1.QuarantineNodeRequest
-	(*QuarantineNodeResponse)(nil),      // 19: cloudvlan.v1.QuarantineNodeResponse
-	(*UnquarantineNodeRequest)(nil),     // 20: cloudvlan.v1.UnquarantineNodeRequest
-	(*UnquarantineNodeResponse)(nil),    // 21: cloudvlan.v1.UnquarantineNodeResponse
-	(*ApproveNodeRoutesRequest)(nil),    // 22: cloudvlan.v1.ApproveNodeRoutesRequest
-	(*ApproveNodeRoutesResponse)(nil),   // 23: cloudvlan.v1.ApproveNodeRoutesResponse
-	(*CreateStaticPeerRequest)(nil),     // 24: cloudvlan.v1.CreateStaticPeerRequest
-	(*CreateStaticPeerResponse)(nil),    // 25: cloudvlan.v1.CreateStaticPeerResponse
-	(*GetStaticPeerConfigRequest)(nil),  // 26: cloudvlan.v1.GetStaticPeerConfigRequest
-	(*GetStaticPeerConfigResponse)(nil), // 27: cloudvlan.v1.GetStaticPeerConfigResponse
-	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 29: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),       // 30: google.protobuf.FieldMask
+	(*NodeConflict)(nil),                // 6: cloudvlan.v1.NodeConflict
+	(*NodeSync)(nil),                    // 7: cloudvlan.v1.NodeSync
+	(*NodeEndpoint)(nil),                // 8: cloudvlan.v1.NodeEndpoint
+	(*NodeRoute)(nil),                   // 9: cloudvlan.v1.NodeRoute
+	(*NodePeerPath)(nil),                // 10: cloudvlan.v1.NodePeerPath
+	(*GetNodeRequest)(nil),              // 11: cloudvlan.v1.GetNodeRequest
+	(*GetNodeResponse)(nil),             // 12: cloudvlan.v1.GetNodeResponse
+	(*ListNodesRequest)(nil),            // 13: cloudvlan.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),           // 14: cloudvlan.v1.ListNodesResponse
+	(*UpdateNodeRequest)(nil),           // 15: cloudvlan.v1.UpdateNodeRequest
+	(*UpdateNodeResponse)(nil),          // 16: cloudvlan.v1.UpdateNodeResponse
+	(*DeleteNodeRequest)(nil),           // 17: cloudvlan.v1.DeleteNodeRequest
+	(*DeleteNodeResponse)(nil),          // 18: cloudvlan.v1.DeleteNodeResponse
+	(*QuarantineNodeRequest)(nil),       // 19: cloudvlan.v1.QuarantineNodeRequest
+	(*QuarantineNodeResponse)(nil),      // 20: cloudvlan.v1.QuarantineNodeResponse
+	(*UnquarantineNodeRequest)(nil),     // 21: cloudvlan.v1.UnquarantineNodeRequest
+	(*UnquarantineNodeResponse)(nil),    // 22: cloudvlan.v1.UnquarantineNodeResponse
+	(*ApproveNodeRoutesRequest)(nil),    // 23: cloudvlan.v1.ApproveNodeRoutesRequest
+	(*ApproveNodeRoutesResponse)(nil),   // 24: cloudvlan.v1.ApproveNodeRoutesResponse
+	(*CreateStaticPeerRequest)(nil),     // 25: cloudvlan.v1.CreateStaticPeerRequest
+	(*CreateStaticPeerResponse)(nil),    // 26: cloudvlan.v1.CreateStaticPeerResponse
+	(*GetStaticPeerConfigRequest)(nil),  // 27: cloudvlan.v1.GetStaticPeerConfigRequest
+	(*GetStaticPeerConfigResponse)(nil), // 28: cloudvlan.v1.GetStaticPeerConfigResponse
+	(*timestamppb.Timestamp)(nil),       // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 30: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),       // 31: google.protobuf.FieldMask
 }
 var file_cloudvlan_v1_node_proto_depIdxs = []int32{
-	28, // 0: cloudvlan.v1.Node.create_time:type_name -> google.protobuf.Timestamp
-	28, // 1: cloudvlan.v1.Node.update_time:type_name -> google.protobuf.Timestamp
+	29, // 0: cloudvlan.v1.Node.create_time:type_name -> google.protobuf.Timestamp
+	29, // 1: cloudvlan.v1.Node.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 2: cloudvlan.v1.Node.kind:type_name -> cloudvlan.v1.NodeKind
 	1,  // 3: cloudvlan.v1.Node.status:type_name -> cloudvlan.v1.NodeStatus
-	6,  // 4: cloudvlan.v1.Node.sync:type_name -> cloudvlan.v1.NodeSync
-	7,  // 5: cloudvlan.v1.Node.endpoints:type_name -> cloudvlan.v1.NodeEndpoint
-	8,  // 6: cloudvlan.v1.Node.routes:type_name -> cloudvlan.v1.NodeRoute
-	9,  // 7: cloudvlan.v1.Node.peer_paths:type_name -> cloudvlan.v1.NodePeerPath
-	28, // 8: cloudvlan.v1.Node.last_seen_time:type_name -> google.protobuf.Timestamp
-	28, // 9: cloudvlan.v1.Node.cert_expire_time:type_name -> google.protobuf.Timestamp
-	28, // 10: cloudvlan.v1.Node.quarantine_time:type_name -> google.protobuf.Timestamp
-	2,  // 11: cloudvlan.v1.NodeSync.state:type_name -> cloudvlan.v1.NodeSyncState
-	28, // 12: cloudvlan.v1.NodeSync.apply_time:type_name -> google.protobuf.Timestamp
-	3,  // 13: cloudvlan.v1.NodeEndpoint.type:type_name -> cloudvlan.v1.NodeEndpointType
-	28, // 14: cloudvlan.v1.NodeEndpoint.observe_time:type_name -> google.protobuf.Timestamp
-	4,  // 15: cloudvlan.v1.NodePeerPath.path:type_name -> cloudvlan.v1.NodePathType
-	29, // 16: cloudvlan.v1.NodePeerPath.latency:type_name -> google.protobuf.Duration
-	28, // 17: cloudvlan.v1.NodePeerPath.last_handshake_time:type_name -> google.protobuf.Timestamp
-	28, // 18: cloudvlan.v1.NodePeerPath.report_time:type_name -> google.protobuf.Timestamp
-	5,  // 19: cloudvlan.v1.GetNodeResponse.node:type_name -> cloudvlan.v1.Node
-	1,  // 20: cloudvlan.v1.ListNodesRequest.status:type_name -> cloudvlan.v1.NodeStatus
-	2,  // 21: cloudvlan.v1.ListNodesRequest.sync_state:type_name -> cloudvlan.v1.NodeSyncState
-	0,  // 22: cloudvlan.v1.ListNodesRequest.kind:type_name -> cloudvlan.v1.NodeKind
-	5,  // 23: cloudvlan.v1.ListNodesResponse.nodes:type_name -> cloudvlan.v1.Node
-	5,  // 24: cloudvlan.v1.UpdateNodeRequest.node:type_name -> cloudvlan.v1.Node
-	30, // 25: cloudvlan.v1.UpdateNodeRequest.update_mask:type_name -> google.protobuf.FieldMask
-	5,  // 26: cloudvlan.v1.UpdateNodeResponse.node:type_name -> cloudvlan.v1.Node
-	5,  // 27: cloudvlan.v1.QuarantineNodeResponse.node:type_name -> cloudvlan.v1.Node
-	5,  // 28: cloudvlan.v1.UnquarantineNodeResponse.node:type_name -> cloudvlan.v1.Node
-	5,  // 29: cloudvlan.v1.ApproveNodeRoutesResponse.node:type_name -> cloudvlan.v1.Node
-	29, // 30: cloudvlan.v1.CreateStaticPeerRequest.persistent_keepalive:type_name -> google.protobuf.Duration
-	5,  // 31: cloudvlan.v1.CreateStaticPeerResponse.node:type_name -> cloudvlan.v1.Node
-	10, // 32: cloudvlan.v1.NodeService.GetNode:input_type -> cloudvlan.v1.GetNodeRequest
-	12, // 33: cloudvlan.v1.NodeService.ListNodes:input_type -> cloudvlan.v1.ListNodesRequest
-	14, // 34: cloudvlan.v1.NodeService.UpdateNode:input_type -> cloudvlan.v1.UpdateNodeRequest
-	16, // 35: cloudvlan.v1.NodeService.DeleteNode:input_type -> cloudvlan.v1.DeleteNodeRequest
-	18, // 36: cloudvlan.v1.NodeService.QuarantineNode:input_type -> cloudvlan.v1.QuarantineNodeRequest
-	20, // 37: cloudvlan.v1.NodeService.UnquarantineNode:input_type -> cloudvlan.v1.UnquarantineNodeRequest
-	22, // 38: cloudvlan.v1.NodeService.ApproveNodeRoutes:input_type -> cloudvlan.v1.ApproveNodeRoutesRequest
-	24, // 39: cloudvlan.v1.NodeService.CreateStaticPeer:input_type -> cloudvlan.v1.CreateStaticPeerRequest
-	26, // 40: cloudvlan.v1.NodeService.GetStaticPeerConfig:input_type -> cloudvlan.v1.GetStaticPeerConfigRequest
-	11, // 41: cloudvlan.v1.NodeService.GetNode:output_type -> cloudvlan.v1.GetNodeResponse
-	13, // 42: cloudvlan.v1.NodeService.ListNodes:output_type -> cloudvlan.v1.ListNodesResponse
-	15, // 43: cloudvlan.v1.NodeService.UpdateNode:output_type -> cloudvlan.v1.UpdateNodeResponse
-	17, // 44: cloudvlan.v1.NodeService.DeleteNode:output_type -> cloudvlan.v1.DeleteNodeResponse
-	19, // 45: cloudvlan.v1.NodeService.QuarantineNode:output_type -> cloudvlan.v1.QuarantineNodeResponse
-	21, // 46: cloudvlan.v1.NodeService.UnquarantineNode:output_type -> cloudvlan.v1.UnquarantineNodeResponse
-	23, // 47: cloudvlan.v1.NodeService.ApproveNodeRoutes:output_type -> cloudvlan.v1.ApproveNodeRoutesResponse
-	25, // 48: cloudvlan.v1.NodeService.CreateStaticPeer:output_type -> cloudvlan.v1.CreateStaticPeerResponse
-	27, // 49: cloudvlan.v1.NodeService.GetStaticPeerConfig:output_type -> cloudvlan.v1.GetStaticPeerConfigResponse
-	41, // [41:50] is the sub-list for method output_type
-	32, // [32:41] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	7,  // 4: cloudvlan.v1.Node.sync:type_name -> cloudvlan.v1.NodeSync
+	8,  // 5: cloudvlan.v1.Node.endpoints:type_name -> cloudvlan.v1.NodeEndpoint
+	9,  // 6: cloudvlan.v1.Node.routes:type_name -> cloudvlan.v1.NodeRoute
+	10, // 7: cloudvlan.v1.Node.peer_paths:type_name -> cloudvlan.v1.NodePeerPath
+	29, // 8: cloudvlan.v1.Node.last_seen_time:type_name -> google.protobuf.Timestamp
+	29, // 9: cloudvlan.v1.Node.cert_expire_time:type_name -> google.protobuf.Timestamp
+	29, // 10: cloudvlan.v1.Node.quarantine_time:type_name -> google.protobuf.Timestamp
+	6,  // 11: cloudvlan.v1.Node.conflict:type_name -> cloudvlan.v1.NodeConflict
+	29, // 12: cloudvlan.v1.NodeConflict.detect_time:type_name -> google.protobuf.Timestamp
+	2,  // 13: cloudvlan.v1.NodeSync.state:type_name -> cloudvlan.v1.NodeSyncState
+	29, // 14: cloudvlan.v1.NodeSync.apply_time:type_name -> google.protobuf.Timestamp
+	3,  // 15: cloudvlan.v1.NodeEndpoint.type:type_name -> cloudvlan.v1.NodeEndpointType
+	29, // 16: cloudvlan.v1.NodeEndpoint.observe_time:type_name -> google.protobuf.Timestamp
+	4,  // 17: cloudvlan.v1.NodePeerPath.path:type_name -> cloudvlan.v1.NodePathType
+	30, // 18: cloudvlan.v1.NodePeerPath.latency:type_name -> google.protobuf.Duration
+	29, // 19: cloudvlan.v1.NodePeerPath.last_handshake_time:type_name -> google.protobuf.Timestamp
+	29, // 20: cloudvlan.v1.NodePeerPath.report_time:type_name -> google.protobuf.Timestamp
+	5,  // 21: cloudvlan.v1.GetNodeResponse.node:type_name -> cloudvlan.v1.Node
+	1,  // 22: cloudvlan.v1.ListNodesRequest.status:type_name -> cloudvlan.v1.NodeStatus
+	2,  // 23: cloudvlan.v1.ListNodesRequest.sync_state:type_name -> cloudvlan.v1.NodeSyncState
+	0,  // 24: cloudvlan.v1.ListNodesRequest.kind:type_name -> cloudvlan.v1.NodeKind
+	5,  // 25: cloudvlan.v1.ListNodesResponse.nodes:type_name -> cloudvlan.v1.Node
+	5,  // 26: cloudvlan.v1.UpdateNodeRequest.node:type_name -> cloudvlan.v1.Node
+	31, // 27: cloudvlan.v1.UpdateNodeRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 28: cloudvlan.v1.UpdateNodeResponse.node:type_name -> cloudvlan.v1.Node
+	5,  // 29: cloudvlan.v1.QuarantineNodeResponse.node:type_name -> cloudvlan.v1.Node
+	5,  // 30: cloudvlan.v1.UnquarantineNodeResponse.node:type_name -> cloudvlan.v1.Node
+	5,  // 31: cloudvlan.v1.ApproveNodeRoutesResponse.node:type_name -> cloudvlan.v1.Node
+	30, // 32: cloudvlan.v1.CreateStaticPeerRequest.persistent_keepalive:type_name -> google.protobuf.Duration
+	5,  // 33: cloudvlan.v1.CreateStaticPeerResponse.node:type_name -> cloudvlan.v1.Node
+	11, // 34: cloudvlan.v1.NodeService.GetNode:input_type -> cloudvlan.v1.GetNodeRequest
+	13, // 35: cloudvlan.v1.NodeService.ListNodes:input_type -> cloudvlan.v1.ListNodesRequest
+	15, // 36: cloudvlan.v1.NodeService.UpdateNode:input_type -> cloudvlan.v1.UpdateNodeRequest
+	17, // 37: cloudvlan.v1.NodeService.DeleteNode:input_type -> cloudvlan.v1.DeleteNodeRequest
+	19, // 38: cloudvlan.v1.NodeService.QuarantineNode:input_type -> cloudvlan.v1.QuarantineNodeRequest
+	21, // 39: cloudvlan.v1.NodeService.UnquarantineNode:input_type -> cloudvlan.v1.UnquarantineNodeRequest
+	23, // 40: cloudvlan.v1.NodeService.ApproveNodeRoutes:input_type -> cloudvlan.v1.ApproveNodeRoutesRequest
+	25, // 41: cloudvlan.v1.NodeService.CreateStaticPeer:input_type -> cloudvlan.v1.CreateStaticPeerRequest
+	27, // 42: cloudvlan.v1.NodeService.GetStaticPeerConfig:input_type -> cloudvlan.v1.GetStaticPeerConfigRequest
+	12, // 43: cloudvlan.v1.NodeService.GetNode:output_type -> cloudvlan.v1.GetNodeResponse
+	14, // 44: cloudvlan.v1.NodeService.ListNodes:output_type -> cloudvlan.v1.ListNodesResponse
+	16, // 45: cloudvlan.v1.NodeService.UpdateNode:output_type -> cloudvlan.v1.UpdateNodeResponse
+	18, // 46: cloudvlan.v1.NodeService.DeleteNode:output_type -> cloudvlan.v1.DeleteNodeResponse
+	20, // 47: cloudvlan.v1.NodeService.QuarantineNode:output_type -> cloudvlan.v1.QuarantineNodeResponse
+	22, // 48: cloudvlan.v1.NodeService.UnquarantineNode:output_type -> cloudvlan.v1.UnquarantineNodeResponse
+	24, // 49: cloudvlan.v1.NodeService.ApproveNodeRoutes:output_type -> cloudvlan.v1.ApproveNodeRoutesResponse
+	26, // 50: cloudvlan.v1.NodeService.CreateStaticPeer:output_type -> cloudvlan.v1.CreateStaticPeerResponse
+	28, // 51: cloudvlan.v1.NodeService.GetStaticPeerConfig:output_type -> cloudvlan.v1.GetStaticPeerConfigResponse
+	43, // [43:52] is the sub-list for method output_type
+	34, // [34:43] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_cloudvlan_v1_node_proto_init() }
@@ -2411,7 +2504,7 @@ func file_cloudvlan_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cloudvlan_v1_node_proto_rawDesc), len(file_cloudvlan_v1_node_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -327,9 +327,11 @@ type TenantStats struct {
 	// VRouters of the tenant in total.
 	VroutersTotal int32 `protobuf:"varint,14,opt,name=vrouters_total,json=vroutersTotal,proto3" json:"vrouters_total,omitempty"`
 	// When these figures were computed.
-	ComputeTime   *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=compute_time,json=computeTime,proto3" json:"compute_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ComputeTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=compute_time,json=computeTime,proto3" json:"compute_time,omitempty"`
+	// Nodes with an active session conflict (see Node.conflict): open incidents.
+	NodesInConflict int32 `protobuf:"varint,16,opt,name=nodes_in_conflict,json=nodesInConflict,proto3" json:"nodes_in_conflict,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *TenantStats) Reset() {
@@ -465,6 +467,13 @@ func (x *TenantStats) GetComputeTime() *timestamppb.Timestamp {
 		return x.ComputeTime
 	}
 	return nil
+}
+
+func (x *TenantStats) GetNodesInConflict() int32 {
+	if x != nil {
+		return x.NodesInConflict
+	}
+	return 0
 }
 
 // GetTenantRequest names the tenant to read.
@@ -1113,7 +1122,7 @@ const file_cloudvlan_v1_tenant_proto_rawDesc = "" +
 	"\x14node_certificate_ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationB\x10\xbaH\r\xaa\x01\n" +
 	"\"\x04\b\x80\xf5$2\x02\b\x05R\x12nodeCertificateTtl\x12&\n" +
 	"\n" +
-	"max_cvlans\x18\x05 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\tmaxCvlans\"\xc3\x04\n" +
+	"max_cvlans\x18\x05 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\tmaxCvlans\"\xef\x04\n" +
 	"\vTenantStats\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x1f\n" +
 	"\vnodes_total\x18\x02 \x01(\x05R\n" +
@@ -1131,7 +1140,8 @@ const file_cloudvlan_v1_tenant_proto_rawDesc = "" +
 	"\frelays_total\x18\f \x01(\x05R\vrelaysTotal\x12'\n" +
 	"\x0fvrouters_online\x18\r \x01(\x05R\x0evroutersOnline\x12%\n" +
 	"\x0evrouters_total\x18\x0e \x01(\x05R\rvroutersTotal\x12=\n" +
-	"\fcompute_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\vcomputeTime\",\n" +
+	"\fcompute_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\vcomputeTime\x12*\n" +
+	"\x11nodes_in_conflict\x18\x10 \x01(\x05R\x0fnodesInConflict\",\n" +
 	"\x10GetTenantRequest\x12\x18\n" +
 	"\x02id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x02id\"A\n" +
 	"\x11GetTenantResponse\x12,\n" +

@@ -87,7 +87,7 @@ export type JoinToken = Message<"cloudvlan.v1.JoinToken"> & {
 
   /**
    * For RELAY and VROUTER: the id of the Relay or VRouter resource the enrollment registers as
-   * (create it first). Empty for NODE.
+   * (create it first; for a shared relay a super_admin creates the token). Empty for NODE.
    *
    * @generated from field: string target_id = 12;
    */

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cloudvlan/v1/node.proto.
  */
 export const file_cloudvlan_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChdjbG91ZHZsYW4vdjEvbm9kZS5wcm90bxIMY2xvdWR2bGFuLnYxIocICgROb2RlEhcKAmlkGAEgASgJQgu6SAjYAQFyA7ABARIeCgl0ZW5hbnRfaWQYAiABKAlCC7pICNgBAXIDsAEBEjwKBG5hbWUYAyABKAlCLrpIK9gBAXImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSHQoLZGVzY3JpcHRpb24YBCABKAlCCLpIBXIDGIAIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgHIAEoCRIQCghjdmxhbl9pZBgKIAEoCRIQCghob3N0bmFtZRgLIAEoCRIkCgRraW5kGAwgASgOMhYuY2xvdWR2bGFuLnYxLk5vZGVLaW5kEhwKFHdpcmVndWFyZF9wdWJsaWNfa2V5GA0gASgJEhQKDGlwdjRfYWRkcmVzcxgOIAEoCRIUCgxpcHY2X2FkZHJlc3MYDyABKAkSQgoEdGFncxgQIAMoCUI0ukgxkgEuEEAYASIociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIKCgJvcxgRIAEoCRIVCg1hZ2VudF92ZXJzaW9uGBIgASgJEigKBnN0YXR1cxgTIAEoDjIYLmNsb3Vkdmxhbi52MS5Ob2RlU3RhdHVzEiQKBHN5bmMYFCABKAsyFi5jbG91ZHZsYW4udjEuTm9kZVN5bmMSLQoJZW5kcG9pbnRzGBUgAygLMhouY2xvdWR2bGFuLnYxLk5vZGVFbmRwb2ludBInCgZyb3V0ZXMYFiADKAsyFy5jbG91ZHZsYW4udjEuTm9kZVJvdXRlEi4KCnBlZXJfcGF0aHMYFyADKAsyGi5jbG91ZHZsYW4udjEuTm9kZVBlZXJQYXRoEhUKDWhvbWVfcmVsYXlfaWQYGCABKAkSEQoJZXBoZW1lcmFsGBkgASgIEg8KB3VzZXJfaWQYGiABKAkSMgoObGFzdF9zZWVuX3RpbWUYGyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGNlcnRfZXhwaXJlX3RpbWUYHCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXF1YXJhbnRpbmVfcmVhc29uGB0gASgJEjMKD3F1YXJhbnRpbmVfdGltZRgeIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSbGlua2VkX3Jlc291cmNlX2lkGB8gASgJEhUKDWpvaW5fdG9rZW5faWQYICABKAkivQEKCE5vZGVTeW5jEioKBXN0YXRlGAEgASgOMhsuY2xvdWR2bGFuLnYxLk5vZGVTeW5jU3RhdGUSFwoPZGVzaXJlZF92ZXJzaW9uGAIgASgEEhcKD2FwcGxpZWRfdmVyc2lvbhgDIAEoBBIUCgxhcHBsaWVkX2hhc2gYBCABKAkSDQoFZXJyb3IYBSABKAkSLgoKYXBwbHlfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAifwoMTm9kZUVuZHBvaW50Eg8KB2FkZHJlc3MYASABKAkSLAoEdHlwZRgCIAEoDjIeLmNsb3Vkdmxhbi52MS5Ob2RlRW5kcG9pbnRUeXBlEjAKDG9ic2VydmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiPwoJTm9kZVJvdXRlEgwKBGNpZHIYASABKAkSEgoKYWR2ZXJ0aXNlZBgCIAEoCBIQCghhcHByb3ZlZBgDIAEoCCKsAgoMTm9kZVBlZXJQYXRoEhQKDHBlZXJfbm9kZV9pZBgBIAEoCRIoCgRwYXRoGAIgASgOMhouY2xvdWR2bGFuLnYxLk5vZGVQYXRoVHlwZRIQCghyZWxheV9pZBgDIAEoCRIQCghlbmRwb2ludBgEIAEoCRIqCgdsYXRlbmN5GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKE2xhc3RfaGFuZHNoYWtlX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHJ4X2J5dGVzGAcgASgEEhAKCHR4X2J5dGVzGAggASgEEi8KC3JlcG9ydF90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJGCg5HZXROb2RlUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEhQKAmlkGAIgASgJQgi6SAVyA7ABASIzCg9HZXROb2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3Vkdmxhbi52MS5Ob2RlIsYDChBMaXN0Tm9kZXNSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESHQoJcGFnZV9zaXplGAIgASgFQgq6SAcaBRjoBygAEhwKCnBhZ2VfdG9rZW4YAyABKAlCCLpIBXIDGIAQEh0KCGN2bGFuX2lkGAQgASgJQgu6SAjYAQFyA7ABARI7CgN0YWcYBSABKAlCLrpIK9gBAXImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSMgoGc3RhdHVzGAYgASgOMhguY2xvdWR2bGFuLnYxLk5vZGVTdGF0dXNCCLpIBYIBAhABEjkKCnN5bmNfc3RhdGUYByABKA4yGy5jbG91ZHZsYW4udjEuTm9kZVN5bmNTdGF0ZUIIukgFggECEAESHAoLbmFtZV9wcmVmaXgYCCABKAlCB7pIBHICGD8SLgoEa2luZBgJIAEoDjIWLmNsb3Vkdmxhbi52MS5Ob2RlS2luZEIIukgFggECEAESHAoHdXNlcl9pZBgKIAEoCUILukgI2AEBcgOwAQESHgoWcGVuZGluZ19yb3V0ZV9hcHByb3ZhbBgLIAEoCCJjChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmNsb3Vkdmxhbi52MS5Ob2RlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCRISCgp0b3RhbF9zaXplGAMgASgFIsoDChFVcGRhdGVOb2RlUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEigKBG5vZGUYAiABKAsyEi5jbG91ZHZsYW4udjEuTm9kZUIGukgDyAEBElMKC3VwZGF0ZV9tYXNrGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFza0IiukgfyAEB4gEZEgRuYW1lEgR0YWdzEgtkZXNjcmlwdGlvbjqVArpIkQIaOwoQbm9kZS5pZC5yZXF1aXJlZBITbm9kZS5pZCBpcyByZXF1aXJlZBoSdGhpcy5ub2RlLmlkICE9ICcnGmIKFXVwZGF0ZV9tYXNrLm5vdF9lbXB0eRIndXBkYXRlX21hc2sgbXVzdCBuYW1lIGF0IGxlYXN0IG9uZSBwYXRoGiBzaXplKHRoaXMudXBkYXRlX21hc2sucGF0aHMpID4gMBpuChJub2RlLm5hbWUucmVxdWlyZWQSG25vZGUubmFtZSBjYW5ub3QgYmUgY2xlYXJlZBo7ISgnbmFtZScgaW4gdGhpcy51cGRhdGVfbWFzay5wYXRocykgfHwgdGhpcy5ub2RlLm5hbWUgIT0gJyciNgoSVXBkYXRlTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZHZsYW4udjEuTm9kZSJhChFEZWxldGVOb2RlUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEhQKAmlkGAIgASgJQgi6SAVyA7ABARIWCgRldGFnGAMgASgJQgi6SAVyAxiAAiIUChJEZWxldGVOb2RlUmVzcG9uc2UigQEKFVF1YXJhbnRpbmVOb2RlUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEhQKAmlkGAIgASgJQgi6SAVyA7ABARIaCgZyZWFzb24YAyABKAlCCrpIB3IFEAEYgAQSFgoEZXRhZxgEIAEoCUIIukgFcgMYgAIiOgoWUXVhcmFudGluZU5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWR2bGFuLnYxLk5vZGUiZwoXVW5xdWFyYW50aW5lTm9kZVJlcXVlc3QSHgoJdGVuYW50X2lkGAEgASgJQgu6SAjYAQFyA7ABARIUCgJpZBgCIAEoCUIIukgFcgOwAQESFgoEZXRhZxgDIAEoCUIIukgFcgMYgAIiPAoYVW5xdWFyYW50aW5lTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZHZsYW4udjEuTm9kZSLVAgoYQXBwcm92ZU5vZGVSb3V0ZXNSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESFAoCaWQYAiABKAlCCLpIBXIDsAEBEikKDWFwcHJvdmVfY2lkcnMYAyADKAlCErpID5IBDBCAAhgBIgVyA+gBARIrCg91bmFwcHJvdmVfY2lkcnMYBCADKAlCErpID5IBDBCAAhgBIgVyA+gBARIWCgRldGFnGAUgASgJQgi6SAVyAxiAAjqSAbpIjgEaiwEKEHJvdXRlcy5ub3RfZW1wdHkSPGFwcHJvdmVfY2lkcnMgb3IgdW5hcHByb3ZlX2NpZHJzIG11c3QgbmFtZSBhdCBsZWFzdCBvbmUgQ0lEUho5c2l6ZSh0aGlzLmFwcHJvdmVfY2lkcnMpICsgc2l6ZSh0aGlzLnVuYXBwcm92ZV9jaWRycykgPiAwIj0KGUFwcHJvdmVOb2RlUm91dGVzUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3Vkdmxhbi52MS5Ob2RlIv4CChdDcmVhdGVTdGF0aWNQZWVyUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEhoKCGN2bGFuX2lkGAIgASgJQgi6SAVyA7ABARI5CgRuYW1lGAMgASgJQiu6SChyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kEh0KC2Rlc2NyaXB0aW9uGAQgASgJQgi6SAVyAxiACBJCCgR0YWdzGAUgAygJQjS6SDGSAS4QQBgBIihyJjIkXlthLXowLTldKFthLXowLTktXXswLDYxfVthLXowLTldKT8kEiIKBnJvdXRlcxgGIAMoCUISukgPkgEMEIACGAEiBXID6AEBEh0KCGVuZHBvaW50GAcgASgJQgu6SAjYAQFyA4ACARJGChRwZXJzaXN0ZW50X2tlZXBhbGl2ZRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkINukgKqgEHIgMI2AQyACJVChhDcmVhdGVTdGF0aWNQZWVyUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3Vkdmxhbi52MS5Ob2RlEhcKD3dnX3F1aWNrX2NvbmZpZxgCIAEoCSJSChpHZXRTdGF0aWNQZWVyQ29uZmlnUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEhQKAmlkGAIgASgJQgi6SAVyA7ABASI2ChtHZXRTdGF0aWNQZWVyQ29uZmlnUmVzcG9uc2USFwoPd2dfcXVpY2tfY29uZmlnGAEgASgJKoABCghOb2RlS2luZBIZChVOT0RFX0tJTkRfVU5TUEVDSUZJRUQQABISCg5OT0RFX0tJTkRfTk9ERRABEhMKD05PREVfS0lORF9SRUxBWRACEhUKEU5PREVfS0lORF9WUk9VVEVSEAMSGQoVTk9ERV9LSU5EX1NUQVRJQ19QRUVSEAQqkAEKCk5vZGVTdGF0dXMSGwoXTk9ERV9TVEFUVVNfVU5TUEVDSUZJRUQQABIXChNOT0RFX1NUQVRVU19QRU5ESU5HEAESFgoSTk9ERV9TVEFUVVNfT05MSU5FEAISFwoTTk9ERV9TVEFUVVNfT0ZGTElORRADEhsKF05PREVfU1RBVFVTX1FVQVJBTlRJTkVEEAQqhgEKDU5vZGVTeW5jU3RhdGUSHwobTk9ERV9TWU5DX1NUQVRFX1VOU1BFQ0lGSUVEEAASGwoXTk9ERV9TWU5DX1NUQVRFX0lOX1NZTkMQARIbChdOT0RFX1NZTkNfU1RBVEVfUEVORElORxACEhoKFk5PREVfU1lOQ19TVEFURV9GQUlMRUQQAyqQAQoQTm9kZUVuZHBvaW50VHlwZRIiCh5OT0RFX0VORFBPSU5UX1RZUEVfVU5TUEVDSUZJRUQQABIcChhOT0RFX0VORFBPSU5UX1RZUEVfTE9DQUwQARIbChdOT0RFX0VORFBPSU5UX1RZUEVfU1RVThACEh0KGU5PREVfRU5EUE9JTlRfVFlQRV9QVUJMSUMQAyplCgxOb2RlUGF0aFR5cGUSHgoaTk9ERV9QQVRIX1RZUEVfVU5TUEVDSUZJRUQQABIZChVOT0RFX1BBVEhfVFlQRV9ESVJFQ1QQARIaChZOT0RFX1BBVEhfVFlQRV9SRUxBWUVEEAIyugYKC05vZGVTZXJ2aWNlEkYKB0dldE5vZGUSHC5jbG91ZHZsYW4udjEuR2V0Tm9kZVJlcXVlc3QaHS5jbG91ZHZsYW4udjEuR2V0Tm9kZVJlc3BvbnNlEkwKCUxpc3ROb2RlcxIeLmNsb3Vkdmxhbi52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh8uY2xvdWR2bGFuLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEk8KClVwZGF0ZU5vZGUSHy5jbG91ZHZsYW4udjEuVXBkYXRlTm9kZVJlcXVlc3QaIC5jbG91ZHZsYW4udjEuVXBkYXRlTm9kZVJlc3BvbnNlEk8KCkRlbGV0ZU5vZGUSHy5jbG91ZHZsYW4udjEuRGVsZXRlTm9kZVJlcXVlc3QaIC5jbG91ZHZsYW4udjEuRGVsZXRlTm9kZVJlc3BvbnNlElsKDlF1YXJhbnRpbmVOb2RlEiMuY2xvdWR2bGFuLnYxLlF1YXJhbnRpbmVOb2RlUmVxdWVzdBokLmNsb3Vkdmxhbi52MS5RdWFyYW50aW5lTm9kZVJlc3BvbnNlEmEKEFVucXVhcmFudGluZU5vZGUSJS5jbG91ZHZsYW4udjEuVW5xdWFyYW50aW5lTm9kZVJlcXVlc3QaJi5jbG91ZHZsYW4udjEuVW5xdWFyYW50aW5lTm9kZVJlc3BvbnNlEmQKEUFwcHJvdmVOb2RlUm91dGVzEiYuY2xvdWR2bGFuLnYxLkFwcHJvdmVOb2RlUm91dGVzUmVxdWVzdBonLmNsb3Vkdmxhbi52MS5BcHByb3ZlTm9kZVJvdXRlc1Jlc3BvbnNlEmEKEENyZWF0ZVN0YXRpY1BlZXISJS5jbG91ZHZsYW4udjEuQ3JlYXRlU3RhdGljUGVlclJlcXVlc3QaJi5jbG91ZHZsYW4udjEuQ3JlYXRlU3RhdGljUGVlclJlc3BvbnNlEmoKE0dldFN0YXRpY1BlZXJDb25maWcSKC5jbG91ZHZsYW4udjEuR2V0U3RhdGljUGVlckNvbmZpZ1JlcXVlc3QaKS5jbG91ZHZsYW4udjEuR2V0U3RhdGljUGVlckNvbmZpZ1Jlc3BvbnNlQq4BChBjb20uY2xvdWR2bGFuLnYxQglOb2RlUHJvdG9QAVo+Z2l0aHViLmNvbS9jbG91ZHZsYW4vY2xvdWR2bGFuL2dlbi9nby9jbG91ZHZsYW4vdjE7Y2xvdWR2bGFudjGiAgNDWFiqAgxDbG91ZHZsYW4uVjHKAgxDbG91ZHZsYW5cVjHiAhhDbG91ZHZsYW5cVjFcR1BCTWV0YWRhdGHqAg1DbG91ZHZsYW46OlYxYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChdjbG91ZHZsYW4vdjEvbm9kZS5wcm90bxIMY2xvdWR2bGFuLnYxIrUICgROb2RlEhcKAmlkGAEgASgJQgu6SAjYAQFyA7ABARIeCgl0ZW5hbnRfaWQYAiABKAlCC7pICNgBAXIDsAEBEjwKBG5hbWUYAyABKAlCLrpIK9gBAXImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSHQoLZGVzY3JpcHRpb24YBCABKAlCCLpIBXIDGIAIEi8KC2NyZWF0ZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgt1cGRhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEZXRhZxgHIAEoCRIQCghjdmxhbl9pZBgKIAEoCRIQCghob3N0bmFtZRgLIAEoCRIkCgRraW5kGAwgASgOMhYuY2xvdWR2bGFuLnYxLk5vZGVLaW5kEhwKFHdpcmVndWFyZF9wdWJsaWNfa2V5GA0gASgJEhQKDGlwdjRfYWRkcmVzcxgOIAEoCRIUCgxpcHY2X2FkZHJlc3MYDyABKAkSQgoEdGFncxgQIAMoCUI0ukgxkgEuEEAYASIociYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIKCgJvcxgRIAEoCRIVCg1hZ2VudF92ZXJzaW9uGBIgASgJEigKBnN0YXR1cxgTIAEoDjIYLmNsb3Vkdmxhbi52MS5Ob2RlU3RhdHVzEiQKBHN5bmMYFCABKAsyFi5jbG91ZHZsYW4udjEuTm9kZVN5bmMSLQoJZW5kcG9pbnRzGBUgAygLMhouY2xvdWR2bGFuLnYxLk5vZGVFbmRwb2ludBInCgZyb3V0ZXMYFiADKAsyFy5jbG91ZHZsYW4udjEuTm9kZVJvdXRlEi4KCnBlZXJfcGF0aHMYFyADKAsyGi5jbG91ZHZsYW4udjEuTm9kZVBlZXJQYXRoEhUKDWhvbWVfcmVsYXlfaWQYGCABKAkSEQoJZXBoZW1lcmFsGBkgASgIEg8KB3VzZXJfaWQYGiABKAkSMgoObGFzdF9zZWVuX3RpbWUYGyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGNlcnRfZXhwaXJlX3RpbWUYHCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXF1YXJhbnRpbmVfcmVhc29uGB0gASgJEjMKD3F1YXJhbnRpbmVfdGltZRgeIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoSbGlua2VkX3Jlc291cmNlX2lkGB8gASgJEhUKDWpvaW5fdG9rZW5faWQYICABKAkSLAoIY29uZmxpY3QYISABKAsyGi5jbG91ZHZsYW4udjEuTm9kZUNvbmZsaWN0IncKDE5vZGVDb25mbGljdBIvCgtkZXRlY3RfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJYWRkcmVzc2VzGAIgAygJEg4KBmFjdGl2ZRgDIAEoCBITCgtxdWFyYW50aW5lZBgEIAEoCCK9AQoITm9kZVN5bmMSKgoFc3RhdGUYASABKA4yGy5jbG91ZHZsYW4udjEuTm9kZVN5bmNTdGF0ZRIXCg9kZXNpcmVkX3ZlcnNpb24YAiABKAQSFwoPYXBwbGllZF92ZXJzaW9uGAMgASgEEhQKDGFwcGxpZWRfaGFzaBgEIAEoCRINCgVlcnJvchgFIAEoCRIuCgphcHBseV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJ/CgxOb2RlRW5kcG9pbnQSDwoHYWRkcmVzcxgBIAEoCRIsCgR0eXBlGAIgASgOMh4uY2xvdWR2bGFuLnYxLk5vZGVFbmRwb2ludFR5cGUSMAoMb2JzZXJ2ZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI/CglOb2RlUm91dGUSDAoEY2lkchgBIAEoCRISCgphZHZlcnRpc2VkGAIgASgIEhAKCGFwcHJvdmVkGAMgASgIIqwCCgxOb2RlUGVlclBhdGgSFAoMcGVlcl9ub2RlX2lkGAEgASgJEigKBHBhdGgYAiABKA4yGi5jbG91ZHZsYW4udjEuTm9kZVBhdGhUeXBlEhAKCHJlbGF5X2lkGAMgASgJEhAKCGVuZHBvaW50GAQgASgJEioKB2xhdGVuY3kYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoTbGFzdF9oYW5kc2hha2VfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcnhfYnl0ZXMYByABKAQSEAoIdHhfYnl0ZXMYCCABKAQSLwoLcmVwb3J0X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkYKDkdldE5vZGVSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESFAoCaWQYAiABKAlCCLpIBXIDsAEBIjMKD0dldE5vZGVSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWR2bGFuLnYxLk5vZGUixgMKEExpc3ROb2Rlc1JlcXVlc3QSHgoJdGVuYW50X2lkGAEgASgJQgu6SAjYAQFyA7ABARIdCglwYWdlX3NpemUYAiABKAVCCrpIBxoFGOgHKAASHAoKcGFnZV90b2tlbhgDIAEoCUIIukgFcgMYgBASHQoIY3ZsYW5faWQYBCABKAlCC7pICNgBAXIDsAEBEjsKA3RhZxgFIAEoCUIuukgr2AEBciYyJF5bYS16MC05XShbYS16MC05LV17MCw2MX1bYS16MC05XSk/JBIyCgZzdGF0dXMYBiABKA4yGC5jbG91ZHZsYW4udjEuTm9kZVN0YXR1c0IIukgFggECEAESOQoKc3luY19zdGF0ZRgHIAEoDjIbLmNsb3Vkdmxhbi52MS5Ob2RlU3luY1N0YXRlQgi6SAWCAQIQARIcCgtuYW1lX3ByZWZpeBgIIAEoCUIHukgEcgIYPxIuCgRraW5kGAkgASgOMhYuY2xvdWR2bGFuLnYxLk5vZGVLaW5kQgi6SAWCAQIQARIcCgd1c2VyX2lkGAogASgJQgu6SAjYAQFyA7ABARIeChZwZW5kaW5nX3JvdXRlX2FwcHJvdmFsGAsgASgIImMKEUxpc3ROb2Rlc1Jlc3BvbnNlEiEKBW5vZGVzGAEgAygLMhIuY2xvdWR2bGFuLnYxLk5vZGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhIKCnRvdGFsX3NpemUYAyABKAUiygMKEVVwZGF0ZU5vZGVSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESKAoEbm9kZRgCIAEoCzISLmNsb3Vkdmxhbi52MS5Ob2RlQga6SAPIAQESUwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrQiK6SB/IAQHiARkSBG5hbWUSBHRhZ3MSC2Rlc2NyaXB0aW9uOpUCukiRAho7ChBub2RlLmlkLnJlcXVpcmVkEhNub2RlLmlkIGlzIHJlcXVpcmVkGhJ0aGlzLm5vZGUuaWQgIT0gJycaYgoVdXBkYXRlX21hc2subm90X2VtcHR5Eid1cGRhdGVfbWFzayBtdXN0IG5hbWUgYXQgbGVhc3Qgb25lIHBhdGgaIHNpemUodGhpcy51cGRhdGVfbWFzay5wYXRocykgPiAwGm4KEm5vZGUubmFtZS5yZXF1aXJlZBIbbm9kZS5uYW1lIGNhbm5vdCBiZSBjbGVhcmVkGjshKCduYW1lJyBpbiB0aGlzLnVwZGF0ZV9tYXNrLnBhdGhzKSB8fCB0aGlzLm5vZGUubmFtZSAhPSAnJyI2ChJVcGRhdGVOb2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3Vkdmxhbi52MS5Ob2RlImEKEURlbGV0ZU5vZGVSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESFAoCaWQYAiABKAlCCLpIBXIDsAEBEhYKBGV0YWcYAyABKAlCCLpIBXIDGIACIhQKEkRlbGV0ZU5vZGVSZXNwb25zZSKBAQoVUXVhcmFudGluZU5vZGVSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESFAoCaWQYAiABKAlCCLpIBXIDsAEBEhoKBnJlYXNvbhgDIAEoCUIKukgHcgUQARiABBIWCgRldGFnGAQgASgJQgi6SAVyAxiAAiI6ChZRdWFyYW50aW5lTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5jbG91ZHZsYW4udjEuTm9kZSJnChdVbnF1YXJhbnRpbmVOb2RlUmVxdWVzdBIeCgl0ZW5hbnRfaWQYASABKAlCC7pICNgBAXIDsAEBEhQKAmlkGAIgASgJQgi6SAVyA7ABARIWCgRldGFnGAMgASgJQgi6SAVyAxiAAiI8ChhVbnF1YXJhbnRpbmVOb2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmNsb3Vkdmxhbi52MS5Ob2RlItUCChhBcHByb3ZlTm9kZVJvdXRlc1JlcXVlc3QSHgoJdGVuYW50X2lkGAEgASgJQgu6SAjYAQFyA7ABARIUCgJpZBgCIAEoCUIIukgFcgOwAQESKQoNYXBwcm92ZV9jaWRycxgDIAMoCUISukgPkgEMEIACGAEiBXID6AEBEisKD3VuYXBwcm92ZV9jaWRycxgEIAMoCUISukgPkgEMEIACGAEiBXID6AEBEhYKBGV0YWcYBSABKAlCCLpIBXIDGIACOpIBukiOARqLAQoQcm91dGVzLm5vdF9lbXB0eRI8YXBwcm92ZV9jaWRycyBvciB1bmFwcHJvdmVfY2lkcnMgbXVzdCBuYW1lIGF0IGxlYXN0IG9uZSBDSURSGjlzaXplKHRoaXMuYXBwcm92ZV9jaWRycykgKyBzaXplKHRoaXMudW5hcHByb3ZlX2NpZHJzKSA+IDAiPQoZQXBwcm92ZU5vZGVSb3V0ZXNSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWR2bGFuLnYxLk5vZGUi/gIKF0NyZWF0ZVN0YXRpY1BlZXJSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESGgoIY3ZsYW5faWQYAiABKAlCCLpIBXIDsAEBEjkKBG5hbWUYAyABKAlCK7pIKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSHQoLZGVzY3JpcHRpb24YBCABKAlCCLpIBXIDGIAIEkIKBHRhZ3MYBSADKAlCNLpIMZIBLhBAGAEiKHImMiReW2EtejAtOV0oW2EtejAtOS1dezAsNjF9W2EtejAtOV0pPyQSIgoGcm91dGVzGAYgAygJQhK6SA+SAQwQgAIYASIFcgPoAQESHQoIZW5kcG9pbnQYByABKAlCC7pICNgBAXIDgAIBEkYKFHBlcnNpc3RlbnRfa2VlcGFsaXZlGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg26SAqqAQciAwjYBDIAIlUKGENyZWF0ZVN0YXRpY1BlZXJSZXNwb25zZRIgCgRub2RlGAEgASgLMhIuY2xvdWR2bGFuLnYxLk5vZGUSFwoPd2dfcXVpY2tfY29uZmlnGAIgASgJIlIKGkdldFN0YXRpY1BlZXJDb25maWdSZXF1ZXN0Eh4KCXRlbmFudF9pZBgBIAEoCUILukgI2AEBcgOwAQESFAoCaWQYAiABKAlCCLpIBXIDsAEBIjYKG0dldFN0YXRpY1BlZXJDb25maWdSZXNwb25zZRIXCg93Z19xdWlja19jb25maWcYASABKAkqgAEKCE5vZGVLaW5kEhkKFU5PREVfS0lORF9VTlNQRUNJRklFRBAAEhIKDk5PREVfS0lORF9OT0RFEAESEwoPTk9ERV9LSU5EX1JFTEFZEAISFQoRTk9ERV9LSU5EX1ZST1VURVIQAxIZChVOT0RFX0tJTkRfU1RBVElDX1BFRVIQBCqQAQoKTm9kZVN0YXR1cxIbChdOT0RFX1NUQVRVU19VTlNQRUNJRklFRBAAEhcKE05PREVfU1RBVFVTX1BFTkRJTkcQARIWChJOT0RFX1NUQVRVU19PTkxJTkUQAhIXChNOT0RFX1NUQVRVU19PRkZMSU5FEAMSGwoXTk9ERV9TVEFUVVNfUVVBUkFOVElORUQQBCqGAQoNTm9kZVN5bmNTdGF0ZRIfChtOT0RFX1NZTkNfU1RBVEVfVU5TUEVDSUZJRUQQABIbChdOT0RFX1NZTkNfU1RBVEVfSU5fU1lOQxABEhsKF05PREVfU1lOQ19TVEFURV9QRU5ESU5HEAISGgoWTk9ERV9TWU5DX1NUQVRFX0ZBSUxFRBADKpABChBOb2RlRW5kcG9pbnRUeXBlEiIKHk5PREVfRU5EUE9JTlRfVFlQRV9VTlNQRUNJRklFRBAAEhwKGE5PREVfRU5EUE9JTlRfVFlQRV9MT0NBTBABEhsKF05PREVfRU5EUE9JTlRfVFlQRV9TVFVOEAISHQoZTk9ERV9FTkRQT0lOVF9UWVBFX1BVQkxJQxADKmUKDE5vZGVQYXRoVHlwZRIeChpOT0RFX1BBVEhfVFlQRV9VTlNQRUNJRklFRBAAEhkKFU5PREVfUEFUSF9UWVBFX0RJUkVDVBABEhoKFk5PREVfUEFUSF9UWVBFX1JFTEFZRUQQAjK6BgoLTm9kZVNlcnZpY2USRgoHR2V0Tm9kZRIcLmNsb3Vkdmxhbi52MS5HZXROb2RlUmVxdWVzdBodLmNsb3Vkdmxhbi52MS5HZXROb2RlUmVzcG9uc2USTAoJTGlzdE5vZGVzEh4uY2xvdWR2bGFuLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5jbG91ZHZsYW4udjEuTGlzdE5vZGVzUmVzcG9uc2USTwoKVXBkYXRlTm9kZRIfLmNsb3Vkdmxhbi52MS5VcGRhdGVOb2RlUmVxdWVzdBogLmNsb3Vkdmxhbi52MS5VcGRhdGVOb2RlUmVzcG9uc2USTwoKRGVsZXRlTm9kZRIfLmNsb3Vkdmxhbi52MS5EZWxldGVOb2RlUmVxdWVzdBogLmNsb3Vkdmxhbi52MS5EZWxldGVOb2RlUmVzcG9uc2USWwoOUXVhcmFudGluZU5vZGUSIy5jbG91ZHZsYW4udjEuUXVhcmFudGluZU5vZGVSZXF1ZXN0GiQuY2xvdWR2bGFuLnYxLlF1YXJhbnRpbmVOb2RlUmVzcG9uc2USYQoQVW5xdWFyYW50aW5lTm9kZRIlLmNsb3Vkdmxhbi52MS5VbnF1YXJhbnRpbmVOb2RlUmVxdWVzdBomLmNsb3Vkdmxhbi52MS5VbnF1YXJhbnRpbmVOb2RlUmVzcG9uc2USZAoRQXBwcm92ZU5vZGVSb3V0ZXMSJi5jbG91ZHZsYW4udjEuQXBwcm92ZU5vZGVSb3V0ZXNSZXF1ZXN0GicuY2xvdWR2bGFuLnYxLkFwcHJvdmVOb2RlUm91dGVzUmVzcG9uc2USYQoQQ3JlYXRlU3RhdGljUGVlchIlLmNsb3Vkdmxhbi52MS5DcmVhdGVTdGF0aWNQZWVyUmVxdWVzdBomLmNsb3Vkdmxhbi52MS5DcmVhdGVTdGF0aWNQZWVyUmVzcG9uc2USagoTR2V0U3RhdGljUGVlckNvbmZpZxIoLmNsb3Vkdmxhbi52MS5HZXRTdGF0aWNQZWVyQ29uZmlnUmVxdWVzdBopLmNsb3Vkdmxhbi52MS5HZXRTdGF0aWNQZWVyQ29uZmlnUmVzcG9uc2VCrgEKEGNvbS5jbG91ZHZsYW4udjFCCU5vZGVQcm90b1ABWj5naXRodWIuY29tL2Nsb3Vkdmxhbi9jbG91ZHZsYW4vZ2VuL2dvL2Nsb3Vkdmxhbi92MTtjbG91ZHZsYW52MaICA0NYWKoCDENsb3Vkdmxhbi5WMcoCDENsb3VkdmxhblxWMeICGENsb3VkdmxhblxWMVxHUEJNZXRhZGF0YeoCDUNsb3Vkdmxhbjo6VjFiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Node is a member of a tenant's mesh: an agent, a relay, a vrouter or a static peer.
@@ -235,6 +235,14 @@ export type Node = Message<"cloudvlan.v1.Node"> & {
    * @generated from field: string join_token_id = 32;
    */
   joinTokenId: string;
+
+  /**
+   * The latest session conflict: the node's identity streaming from two places at once (a cloned
+   * or stolen identity). Absent when none was seen. Output only.
+   *
+   * @generated from field: cloudvlan.v1.NodeConflict conflict = 33;
+   */
+  conflict?: NodeConflict | undefined;
 };
 
 /**
@@ -243,6 +251,49 @@ export type Node = Message<"cloudvlan.v1.Node"> & {
  */
 export const NodeSchema: GenMessage<Node> = /*@__PURE__*/
   messageDesc(file_cloudvlan_v1_node, 0);
+
+/**
+ * NodeConflict records one node identity streaming from two places at once. What happens next
+ * depends on TenantSettings.quarantine_on_conflict.
+ *
+ * @generated from message cloudvlan.v1.NodeConflict
+ */
+export type NodeConflict = Message<"cloudvlan.v1.NodeConflict"> & {
+  /**
+   * When the second stream was seen.
+   *
+   * @generated from field: google.protobuf.Timestamp detect_time = 1;
+   */
+  detectTime?: Timestamp | undefined;
+
+  /**
+   * The remote addresses ("host:port") of the competing streams.
+   *
+   * @generated from field: repeated string addresses = 2;
+   */
+  addresses: string[];
+
+  /**
+   * Whether the conflict is ongoing (both streams still open); false once one of them ended.
+   *
+   * @generated from field: bool active = 3;
+   */
+  active: boolean;
+
+  /**
+   * Whether the controller quarantined the node because of it.
+   *
+   * @generated from field: bool quarantined = 4;
+   */
+  quarantined: boolean;
+};
+
+/**
+ * Describes the message cloudvlan.v1.NodeConflict.
+ * Use `create(NodeConflictSchema)` to create a new message.
+ */
+export const NodeConflictSchema: GenMessage<NodeConflict> = /*@__PURE__*/
+  messageDesc(file_cloudvlan_v1_node, 1);
 
 /**
  * NodeSync is the node's progress applying its network map.
@@ -298,7 +349,7 @@ export type NodeSync = Message<"cloudvlan.v1.NodeSync"> & {
  * Use `create(NodeSyncSchema)` to create a new message.
  */
 export const NodeSyncSchema: GenMessage<NodeSync> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 1);
+  messageDesc(file_cloudvlan_v1_node, 2);
 
 /**
  * NodeEndpoint is an address where a node may be reached for direct WireGuard traffic.
@@ -333,7 +384,7 @@ export type NodeEndpoint = Message<"cloudvlan.v1.NodeEndpoint"> & {
  * Use `create(NodeEndpointSchema)` to create a new message.
  */
 export const NodeEndpointSchema: GenMessage<NodeEndpoint> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 2);
+  messageDesc(file_cloudvlan_v1_node, 3);
 
 /**
  * NodeRoute is a subnet behind a node that the node offers to route for the mesh.
@@ -368,7 +419,7 @@ export type NodeRoute = Message<"cloudvlan.v1.NodeRoute"> & {
  * Use `create(NodeRouteSchema)` to create a new message.
  */
 export const NodeRouteSchema: GenMessage<NodeRoute> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 3);
+  messageDesc(file_cloudvlan_v1_node, 4);
 
 /**
  * NodePeerPath is the current path from a node to one of its peers.
@@ -445,7 +496,7 @@ export type NodePeerPath = Message<"cloudvlan.v1.NodePeerPath"> & {
  * Use `create(NodePeerPathSchema)` to create a new message.
  */
 export const NodePeerPathSchema: GenMessage<NodePeerPath> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 4);
+  messageDesc(file_cloudvlan_v1_node, 5);
 
 /**
  * GetNodeRequest names the node to read.
@@ -473,7 +524,7 @@ export type GetNodeRequest = Message<"cloudvlan.v1.GetNodeRequest"> & {
  * Use `create(GetNodeRequestSchema)` to create a new message.
  */
 export const GetNodeRequestSchema: GenMessage<GetNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 5);
+  messageDesc(file_cloudvlan_v1_node, 6);
 
 /**
  * GetNodeResponse carries the node.
@@ -494,7 +545,7 @@ export type GetNodeResponse = Message<"cloudvlan.v1.GetNodeResponse"> & {
  * Use `create(GetNodeResponseSchema)` to create a new message.
  */
 export const GetNodeResponseSchema: GenMessage<GetNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 6);
+  messageDesc(file_cloudvlan_v1_node, 7);
 
 /**
  * ListNodesRequest pages through the nodes of a tenant. Filters combine with AND.
@@ -585,7 +636,7 @@ export type ListNodesRequest = Message<"cloudvlan.v1.ListNodesRequest"> & {
  * Use `create(ListNodesRequestSchema)` to create a new message.
  */
 export const ListNodesRequestSchema: GenMessage<ListNodesRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 7);
+  messageDesc(file_cloudvlan_v1_node, 8);
 
 /**
  * ListNodesResponse is one page of nodes.
@@ -620,7 +671,7 @@ export type ListNodesResponse = Message<"cloudvlan.v1.ListNodesResponse"> & {
  * Use `create(ListNodesResponseSchema)` to create a new message.
  */
 export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 8);
+  messageDesc(file_cloudvlan_v1_node, 9);
 
 /**
  * UpdateNodeRequest changes a node.
@@ -655,7 +706,7 @@ export type UpdateNodeRequest = Message<"cloudvlan.v1.UpdateNodeRequest"> & {
  * Use `create(UpdateNodeRequestSchema)` to create a new message.
  */
 export const UpdateNodeRequestSchema: GenMessage<UpdateNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 9);
+  messageDesc(file_cloudvlan_v1_node, 10);
 
 /**
  * UpdateNodeResponse carries the updated node.
@@ -676,7 +727,7 @@ export type UpdateNodeResponse = Message<"cloudvlan.v1.UpdateNodeResponse"> & {
  * Use `create(UpdateNodeResponseSchema)` to create a new message.
  */
 export const UpdateNodeResponseSchema: GenMessage<UpdateNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 10);
+  messageDesc(file_cloudvlan_v1_node, 11);
 
 /**
  * DeleteNodeRequest deletes a node.
@@ -711,7 +762,7 @@ export type DeleteNodeRequest = Message<"cloudvlan.v1.DeleteNodeRequest"> & {
  * Use `create(DeleteNodeRequestSchema)` to create a new message.
  */
 export const DeleteNodeRequestSchema: GenMessage<DeleteNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 11);
+  messageDesc(file_cloudvlan_v1_node, 12);
 
 /**
  * DeleteNodeResponse is empty.
@@ -726,7 +777,7 @@ export type DeleteNodeResponse = Message<"cloudvlan.v1.DeleteNodeResponse"> & {
  * Use `create(DeleteNodeResponseSchema)` to create a new message.
  */
 export const DeleteNodeResponseSchema: GenMessage<DeleteNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 12);
+  messageDesc(file_cloudvlan_v1_node, 13);
 
 /**
  * QuarantineNodeRequest quarantines a node.
@@ -768,7 +819,7 @@ export type QuarantineNodeRequest = Message<"cloudvlan.v1.QuarantineNodeRequest"
  * Use `create(QuarantineNodeRequestSchema)` to create a new message.
  */
 export const QuarantineNodeRequestSchema: GenMessage<QuarantineNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 13);
+  messageDesc(file_cloudvlan_v1_node, 14);
 
 /**
  * QuarantineNodeResponse carries the quarantined node.
@@ -789,7 +840,7 @@ export type QuarantineNodeResponse = Message<"cloudvlan.v1.QuarantineNodeRespons
  * Use `create(QuarantineNodeResponseSchema)` to create a new message.
  */
 export const QuarantineNodeResponseSchema: GenMessage<QuarantineNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 14);
+  messageDesc(file_cloudvlan_v1_node, 15);
 
 /**
  * UnquarantineNodeRequest lifts a quarantine.
@@ -824,7 +875,7 @@ export type UnquarantineNodeRequest = Message<"cloudvlan.v1.UnquarantineNodeRequ
  * Use `create(UnquarantineNodeRequestSchema)` to create a new message.
  */
 export const UnquarantineNodeRequestSchema: GenMessage<UnquarantineNodeRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 15);
+  messageDesc(file_cloudvlan_v1_node, 16);
 
 /**
  * UnquarantineNodeResponse carries the node.
@@ -845,7 +896,7 @@ export type UnquarantineNodeResponse = Message<"cloudvlan.v1.UnquarantineNodeRes
  * Use `create(UnquarantineNodeResponseSchema)` to create a new message.
  */
 export const UnquarantineNodeResponseSchema: GenMessage<UnquarantineNodeResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 16);
+  messageDesc(file_cloudvlan_v1_node, 17);
 
 /**
  * ApproveNodeRoutesRequest changes route approvals of one node.
@@ -894,7 +945,7 @@ export type ApproveNodeRoutesRequest = Message<"cloudvlan.v1.ApproveNodeRoutesRe
  * Use `create(ApproveNodeRoutesRequestSchema)` to create a new message.
  */
 export const ApproveNodeRoutesRequestSchema: GenMessage<ApproveNodeRoutesRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 17);
+  messageDesc(file_cloudvlan_v1_node, 18);
 
 /**
  * ApproveNodeRoutesResponse carries the node.
@@ -915,7 +966,7 @@ export type ApproveNodeRoutesResponse = Message<"cloudvlan.v1.ApproveNodeRoutesR
  * Use `create(ApproveNodeRoutesResponseSchema)` to create a new message.
  */
 export const ApproveNodeRoutesResponseSchema: GenMessage<ApproveNodeRoutesResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 18);
+  messageDesc(file_cloudvlan_v1_node, 19);
 
 /**
  * CreateStaticPeerRequest creates a static peer.
@@ -986,7 +1037,7 @@ export type CreateStaticPeerRequest = Message<"cloudvlan.v1.CreateStaticPeerRequ
  * Use `create(CreateStaticPeerRequestSchema)` to create a new message.
  */
 export const CreateStaticPeerRequestSchema: GenMessage<CreateStaticPeerRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 19);
+  messageDesc(file_cloudvlan_v1_node, 20);
 
 /**
  * CreateStaticPeerResponse carries the new node and its one-time configuration.
@@ -1016,7 +1067,7 @@ export type CreateStaticPeerResponse = Message<"cloudvlan.v1.CreateStaticPeerRes
  * Use `create(CreateStaticPeerResponseSchema)` to create a new message.
  */
 export const CreateStaticPeerResponseSchema: GenMessage<CreateStaticPeerResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 20);
+  messageDesc(file_cloudvlan_v1_node, 21);
 
 /**
  * GetStaticPeerConfigRequest names the static peer.
@@ -1044,7 +1095,7 @@ export type GetStaticPeerConfigRequest = Message<"cloudvlan.v1.GetStaticPeerConf
  * Use `create(GetStaticPeerConfigRequestSchema)` to create a new message.
  */
 export const GetStaticPeerConfigRequestSchema: GenMessage<GetStaticPeerConfigRequest> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 21);
+  messageDesc(file_cloudvlan_v1_node, 22);
 
 /**
  * GetStaticPeerConfigResponse carries the current configuration without the private key.
@@ -1065,7 +1116,7 @@ export type GetStaticPeerConfigResponse = Message<"cloudvlan.v1.GetStaticPeerCon
  * Use `create(GetStaticPeerConfigResponseSchema)` to create a new message.
  */
 export const GetStaticPeerConfigResponseSchema: GenMessage<GetStaticPeerConfigResponse> = /*@__PURE__*/
-  messageDesc(file_cloudvlan_v1_node, 22);
+  messageDesc(file_cloudvlan_v1_node, 23);
 
 /**
  * NodeKind says what a node is.

@@ -181,7 +181,7 @@ func (e *Engine) Load(id NetworkID, cfg NetworkConfig, nodes []Node, policies []
 		}
 		n = cloneNode(n)
 		nw.dir.Put(attrsOf(&n))
-		nw.nodes[n.ID] = &nodeState{node: n, peer: peerOf(&n), epoch: e.newEpoch(), version: 1}
+		nw.nodes[n.ID] = &nodeState{node: n, peer: nw.peerOf(&n), epoch: e.newEpoch(), version: 1}
 		if k := nameKey(n.Name); k != "" {
 			nw.names[k] = n.ID
 		}
@@ -207,6 +207,7 @@ func (e *Engine) SetNetworkConfig(id NetworkID, cfg NetworkConfig) (resync []str
 	}
 	nw.cfg = cfg
 	for nid, st := range nw.nodes {
+		st.peer = nw.peerOf(&st.node)
 		st.epoch = e.newEpoch()
 		st.version = 1
 		st.hist = ring{}
@@ -258,20 +259,21 @@ func attrsEqual(a, b policy.NodeAttrs) bool {
 		slices.Equal(a.Tags, b.Tags) && slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Routes, b.Routes)
 }
 
-func peerOf(n *Node) *Peer {
+func (nw *network) peerOf(n *Node) *Peer {
 	allowed := make([]netip.Prefix, 0, len(n.Addresses)+len(n.Routes))
 	for _, a := range n.Addresses {
 		allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
 	}
 	allowed = append(allowed, n.Routes...)
 	return &Peer{
-		NodeID: n.ID, Name: n.Name, Key: n.Key, Addresses: n.Addresses, AllowedIPs: allowed,
+		NodeID: n.ID, Name: n.Name, FQDN: nw.fqdn(n.Name), Key: n.Key, Tags: n.Tags, Addresses: n.Addresses, AllowedIPs: allowed,
 		Endpoints: n.Endpoints, HomeRelay: n.HomeRelay, Online: n.Online,
 	}
 }
 
 func peerEqual(a, b *Peer) bool {
-	return a.NodeID == b.NodeID && a.Name == b.Name && a.Key == b.Key && slices.Equal(a.Addresses, b.Addresses) &&
+	return a.NodeID == b.NodeID && a.Name == b.Name && a.FQDN == b.FQDN && a.Key == b.Key &&
+		slices.Equal(a.Tags, b.Tags) && slices.Equal(a.Addresses, b.Addresses) &&
 		slices.Equal(a.AllowedIPs, b.AllowedIPs) && slices.Equal(a.Endpoints, b.Endpoints) &&
 		a.HomeRelay == b.HomeRelay && a.Online == b.Online
 }
@@ -361,7 +363,7 @@ func (e *Engine) UpsertNode(id NetworkID, n Node) ([]*Delta, error) {
 func (nw *network) upsert(e *Engine, n Node) []*Delta {
 	b := nw.newBatch()
 	newAttrs := attrsOf(&n)
-	newPeer := peerOf(&n)
+	newPeer := nw.peerOf(&n)
 	rec, hasRec := nw.record(&n)
 	st, exists := nw.nodes[n.ID]
 	if !exists {
@@ -613,18 +615,13 @@ func cloneRelayMap(rm *RelayMap) *RelayMap {
 	for i := range out.Regions {
 		r := &out.Regions[i]
 		r.Relays = slices.Clone(r.Relays)
-		for j := range r.Relays {
-			r.Relays[j].Addresses = slices.Clone(r.Relays[j].Addresses)
-		}
 	}
 	return out
 }
 
 func relayMapEqual(a, b RelayMap) bool {
 	return slices.EqualFunc(a.Regions, b.Regions, func(x, y RelayRegion) bool {
-		return x.ID == y.ID && x.Name == y.Name && slices.EqualFunc(x.Relays, y.Relays, func(p, q Relay) bool {
-			return p.ID == q.ID && p.Hostname == q.Hostname && p.STUNPort == q.STUNPort && slices.Equal(p.Addresses, q.Addresses)
-		})
+		return x.ID == y.ID && x.Code == y.Code && x.Name == y.Name && slices.Equal(x.Relays, y.Relays)
 	})
 }
 

@@ -68,9 +68,12 @@ type Self struct {
 
 // Peer is another node as a node sees it: what its WireGuard configuration needs.
 type Peer struct {
-	NodeID    string
-	Name      string
+	NodeID string
+	Name   string
+	// FQDN is the peer's mesh name, empty when the network has no DNS domain.
+	FQDN      string
 	Key       string
+	Tags      []string
 	Addresses []netip.Addr
 	// AllowedIPs are the peer's addresses as host prefixes, then its approved routes.
 	AllowedIPs []netip.Prefix
@@ -97,21 +100,24 @@ type RelayMap struct {
 	Regions []RelayRegion
 }
 
-// RelayRegion is a group of meshed relays.
+// RelayRegion is a group of meshed relays (fields as in cloudvlan.node.v1.RelayRegion).
 type RelayRegion struct {
-	ID     string
+	ID string
+	// Code is the region's short code, e.g. eu-west.
+	Code   string
 	Name   string
 	Relays []Relay
 }
 
-// Relay is one relay server.
+// Relay is one relay server (fields as in cloudvlan.node.v1.RelayNode).
 type Relay struct {
-	ID       string
+	ID string
+	// Hostname is the relay's TLS server name.
 	Hostname string
-	// Addresses are where the relay listens for TLS.
-	Addresses []netip.AddrPort
-	// STUNPort is the relay's UDP STUN port; 0 when it offers none.
-	STUNPort uint16
+	// URL is the relay's data path, e.g. https://relay1.example:443/relay.
+	URL string
+	// STUNAddress is the relay's UDP STUN responder (host:port); empty when none.
+	STUNAddress string
 }
 
 // View is everything one node is told about its network.

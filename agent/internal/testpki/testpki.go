@@ -95,7 +95,7 @@ func (c *CA) Issue(pub crypto.PublicKey, l Leaf) ([][]byte, error) {
 	now := time.Now()
 	t := &x509.Certificate{
 		SerialNumber: big.NewInt(serial),
-		NotBefore:    now.Add(-time.Minute), NotAfter: now.Add(l.Validity),
+		NotBefore:    now.Add(-time.Second), NotAfter: now.Add(l.Validity),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 		DNSNames:    l.DNSNames, IPAddresses: l.IPs,

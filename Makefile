@@ -15,7 +15,7 @@ DATA_DIR  ?= $(CURDIR)/data
 GOTEST_FLAGS ?= -race -count=1 -timeout 20m
 
 .PHONY: all tools ui-deps generate vendor-protovalidate lint breaking check-generate toolchain-check vet \
-        build test test-go test-fuzz run bench bench-relay bench-api bench-netmap bench-dataplane clean
+        build ui test test-go test-ui test-fuzz run bench bench-relay bench-api bench-netmap bench-dataplane clean
 
 all: build
 
@@ -64,8 +64,12 @@ check-generate: tools ui-deps
 toolchain-check: tools ui-deps
 	build/ci/toolchain-check.sh
 
-## build: the four binaries into bin/.
-build:
+## ui: build the web console into controller/internal/webui/dist (embedded by go build).
+ui: ui-deps
+	cd ui && npm run build
+
+## build: the UI, then the four binaries into bin/.
+build: ui
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./,$(BINARIES))
 
@@ -76,7 +80,7 @@ test-go: build tools
 	CLOUDVLAN_BIN=$(BIN) $(GO) test $(GOTEST_FLAGS) $(PKGS)
 
 ## test-fuzz: run each fuzz target briefly.
-FUZZ_TARGETS ?=
+FUZZ_TARGETS ?= ./relay/frame:FuzzReadFrame
 test-fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
 	  echo "fuzz $$fn in $$pkg"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 10s $$pkg; done

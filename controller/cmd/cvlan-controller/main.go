@@ -16,6 +16,7 @@ import (
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/apidesc"
 	"github.com/cloudvlan/cloudvlan/controller/internal/server"
+	"github.com/cloudvlan/cloudvlan/controller/internal/webui"
 )
 
 func main() {
@@ -67,6 +68,8 @@ func run(ctx context.Context, args []string, logOut io.Writer) error {
 	}
 	apiMux := http.NewServeMux()
 	server.MountIntrospection(apiMux, apidesc.Services(apidesc.UserAPI))
+	// The console: every path no RPC claims (RPC paths are more specific patterns).
+	apiMux.Handle("/", webui.Handler())
 
 	nodeMux := http.NewServeMux()
 	server.MountIntrospection(nodeMux, apidesc.Services(apidesc.NodeAPI, apidesc.RelayAPI, apidesc.VRouterAPI))

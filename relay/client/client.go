@@ -241,6 +241,13 @@ func (c *Client) Stats() Stats {
 	}
 }
 
+// Pending returns the number of packets waiting in the send queue; a
+// sender that prefers pacing to drops can wait while it is high.
+func (c *Client) Pending() int { return c.sendQ.Len() }
+
+// SendQueueLen returns the send queue's bound.
+func (c *Client) SendQueueLen() int { return c.cfg.SendQueueLen }
+
 // Send queues pkt for dst and returns at once; pkt is copied. When the queue
 // is full the oldest queued packet is dropped.
 func (c *Client) Send(dst Key, pkt []byte) error {

@@ -11,10 +11,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"math/big"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -131,4 +134,64 @@ func (ca *CA) ClientTLS(cert tls.Certificate) *tls.Config {
 		RootCAs:      ca.Roots(),
 		Certificates: []tls.Certificate{cert},
 	}
+}
+
+// Save writes the root and the intermediate (certificate and key) as PEM
+// into dir, so that other processes of a benchmark can issue leaves.
+func (ca *CA) Save(dir string) error {
+	keyDER, err := x509.MarshalECPrivateKey(ca.interKey)
+	if err != nil {
+		return fmt.Errorf("testpki: marshal key: %w", err)
+	}
+	files := map[string]*pem.Block{
+		"root.pem":      {Type: "CERTIFICATE", Bytes: ca.root.Raw},
+		"inter.pem":     {Type: "CERTIFICATE", Bytes: ca.inter.Raw},
+		"inter-key.pem": {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(b), 0o600); err != nil {
+			return fmt.Errorf("testpki: %w", err)
+		}
+	}
+	return nil
+}
+
+// Load reads a CA written by Save.
+func Load(dir, td string) (*CA, error) {
+	read := func(name string) ([]byte, error) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("testpki: %w", err)
+		}
+		p, _ := pem.Decode(b)
+		if p == nil {
+			return nil, fmt.Errorf("testpki: %s: no PEM block", name)
+		}
+		return p.Bytes, nil
+	}
+	rootDER, err := read("root.pem")
+	if err != nil {
+		return nil, err
+	}
+	interDER, err := read("inter.pem")
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := read("inter-key.pem")
+	if err != nil {
+		return nil, err
+	}
+	root, err := x509.ParseCertificate(rootDER)
+	if err != nil {
+		return nil, fmt.Errorf("testpki: root: %w", err)
+	}
+	inter, err := x509.ParseCertificate(interDER)
+	if err != nil {
+		return nil, fmt.Errorf("testpki: intermediate: %w", err)
+	}
+	key, err := x509.ParseECPrivateKey(keyDER)
+	if err != nil {
+		return nil, fmt.Errorf("testpki: key: %w", err)
+	}
+	return &CA{TrustDomain: td, root: root, inter: inter, interKey: key}, nil
 }

@@ -1,0 +1,344 @@
+// Command relaybench measures cvlan-relay on loopback against a plain TLS 1.3
+// pipe between the same two client processes:
+//
+//	go run ./relay/cmd/relaybench            (from the repository root)
+//
+// The parent process only orchestrates. It re-executes itself for every
+// role, so the relay, the sending client and the receiving client each run
+// in their own process, as in production. Phases: pipe throughput, relay
+// throughput (one pair), round-trip latency over both, memory per idle
+// client connection (relay RSS), throughput with 100 concurrent pairs.
+// Packets are 1,400 bytes. The whole run is bounded to about a minute.
+package main
+
+import (
+	"bufio"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cloudvlan/cloudvlan/relay/frame"
+	"github.com/cloudvlan/cloudvlan/relay/internal/testpki"
+	"github.com/cloudvlan/cloudvlan/relay/server"
+)
+
+const td = "bench.cloudvlan"
+
+type opts struct {
+	role    string
+	dir     string
+	addr    string
+	size    int
+	warm    time.Duration
+	measure time.Duration
+	pairs   int
+	idle    int
+	rtts    int
+	base    int
+}
+
+func main() {
+	var o opts
+	flag.StringVar(&o.role, "role", "", "internal: the role of a child process")
+	flag.StringVar(&o.dir, "dir", "", "internal: directory with the benchmark CA")
+	flag.StringVar(&o.addr, "addr", "", "internal: address or URL to reach")
+	flag.IntVar(&o.size, "size", 1400, "packet size in bytes")
+	flag.DurationVar(&o.warm, "warm", 500*time.Millisecond, "warm-up before each throughput measurement")
+	flag.DurationVar(&o.measure, "measure", 4*time.Second, "length of each throughput measurement")
+	flag.IntVar(&o.pairs, "pairs", 100, "concurrent pairs in the many-pairs phase")
+	flag.IntVar(&o.idle, "idle", 2000, "idle client connections for the memory phase")
+	flag.IntVar(&o.rtts, "rtts", 2000, "round trips per latency measurement")
+	flag.IntVar(&o.base, "base", 0, "internal: first key index of a child")
+	flag.Parse()
+	log.SetFlags(0)
+	var err error
+	if o.role == "" {
+		err = orchestrate(o)
+	} else {
+		err = child(o)
+	}
+	if err != nil {
+		log.Fatalf("relaybench %s: %v", o.role, err)
+	}
+}
+
+// result is what a measuring child prints as its last line.
+type result struct {
+	Packets uint64    `json:"packets"`
+	Bytes   uint64    `json:"bytes"`
+	Seconds float64   `json:"seconds"`
+	RTTs    []float64 `json:"rtts_us,omitempty"`
+	Dropped uint64    `json:"dropped,omitempty"`
+}
+
+func (r result) pps() float64  { return float64(r.Packets) / r.Seconds }
+func (r result) gbps() float64 { return float64(r.Bytes) * 8 / r.Seconds / 1e9 }
+
+// proc is a child process whose first stdout line is "READY <addr>".
+type proc struct {
+	cmd  *exec.Cmd
+	out  *bufio.Scanner
+	addr string
+}
+
+func spawn(o opts, role string, args ...string) (*proc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	all := append([]string{"-role", role, "-dir", o.dir, "-size", strconv.Itoa(o.size),
+		"-warm", o.warm.String(), "-measure", o.measure.String(), "-rtts", strconv.Itoa(o.rtts)}, args...)
+	cmd := exec.Command(exe, all...)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &proc{cmd: cmd, out: bufio.NewScanner(stdout)}
+	p.out.Buffer(make([]byte, 1<<20), 16<<20)
+	if !p.out.Scan() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%s: exited before READY", role)
+	}
+	line := p.out.Text()
+	if !strings.HasPrefix(line, "READY") {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("%s: unexpected %q", role, line)
+	}
+	p.addr = strings.TrimSpace(strings.TrimPrefix(line, "READY"))
+	return p, nil
+}
+
+// result waits for the child's JSON line and its exit.
+func (p *proc) result() (result, error) {
+	var r result
+	if !p.out.Scan() {
+		_ = p.cmd.Wait()
+		return r, fmt.Errorf("%v: no result", p.cmd.Args[2])
+	}
+	if err := json.Unmarshal(p.out.Bytes(), &r); err != nil {
+		return r, err
+	}
+	return r, p.cmd.Wait()
+}
+
+func (p *proc) stop() {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func rssKiB(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+func pct(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+// pair runs a receiver and a sender child and returns the receiver's result.
+func pair(o opts, recvRole, sendRole, target string, extra ...string) (result, error) {
+	rx, err := spawn(o, recvRole, append([]string{"-addr", target}, extra...)...)
+	if err != nil {
+		return result{}, err
+	}
+	addr := target
+	if rx.addr != "" {
+		addr = rx.addr
+	}
+	tx, err := spawn(o, sendRole, append([]string{"-addr", addr}, extra...)...)
+	if err != nil {
+		rx.stop()
+		return result{}, err
+	}
+	r, err := rx.result()
+	if err != nil {
+		tx.stop()
+		return r, err
+	}
+	t, err := tx.result()
+	if err != nil {
+		return r, err
+	}
+	if len(t.RTTs) > 0 { // latency: the pinging side measures
+		return t, nil
+	}
+	return r, nil
+}
+
+func orchestrate(o opts) error {
+	dir, err := os.MkdirTemp("", "relaybench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	o.dir = dir
+	ca, err := testpki.New(td)
+	if err != nil {
+		return err
+	}
+	if err := ca.Save(dir); err != nil {
+		return err
+	}
+	start := time.Now()
+	fmt.Printf("relaybench: %d-byte packets on loopback, GOMAXPROCS=%d, %d CPUs, %s\n",
+		o.size, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
+	fmt.Println("processes: orchestrator (idle) | relay (own process) | sender client | receiver client; all TLS 1.3, ECDSA P-256 certificates")
+
+	pipe, err := pair(o, "pipe-recv", "pipe-send", "")
+	if err != nil {
+		return fmt.Errorf("pipe throughput: %w", err)
+	}
+	fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process:   %9.0f packets/s  %6.2f Gbit/s\n", pipe.pps(), pipe.gbps())
+
+	relay, err := spawn(o, "relay")
+	if err != nil {
+		return err
+	}
+	defer relay.stop()
+	url := "https://" + relay.addr + frame.Path
+	one, err := pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
+	if err != nil {
+		return fmt.Errorf("relay throughput: %w", err)
+	}
+	fmt.Printf("[2] through cvlan-relay (sender -> relay process -> receiver): %9.0f packets/s  %6.2f Gbit/s  (receiver-side drops %d)\n",
+		one.pps(), one.gbps(), one.Dropped)
+	fmt.Printf("    ratio relay/pipe: %.2f  (target >= 0.40; Tailscale derper BenchmarkSendRecv, no TLS: ~395,000 packets/s)\n", one.pps()/pipe.pps())
+
+	pl, err := pair(o, "pipe-echo", "pipe-ping", "")
+	if err != nil {
+		return fmt.Errorf("pipe latency: %w", err)
+	}
+	rl, err := pair(o, "relay-echo", "relay-ping", url, "-base", "10")
+	if err != nil {
+		return fmt.Errorf("relay latency: %w", err)
+	}
+	fmt.Printf("[3] round trip, %d pings of %d bytes: pipe p50 %.0f us p99 %.0f us | relay p50 %.0f us p99 %.0f us | added by relay p50 %.0f us p99 %.0f us\n",
+		o.rtts, o.size, pct(pl.RTTs, .5), pct(pl.RTTs, .99), pct(rl.RTTs, .5), pct(rl.RTTs, .99),
+		pct(rl.RTTs, .5)-pct(pl.RTTs, .5), pct(rl.RTTs, .99)-pct(pl.RTTs, .99))
+
+	before, err := rssKiB(relay.cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	idle, err := spawn(o, "idle", "-addr", url, "-idle", strconv.Itoa(o.idle))
+	if err != nil {
+		return fmt.Errorf("idle clients: %w", err)
+	}
+	time.Sleep(time.Second)
+	after, _ := rssKiB(relay.cmd.Process.Pid)
+	idle.stop()
+	fmt.Printf("[4] %d idle client connections: relay RSS %d KiB -> %d KiB, %.1f KiB per connection\n",
+		o.idle, before, after, float64(after-before)/float64(o.idle))
+
+	many, err := pair(o, "relay-recv", "relay-send", url, "-pairs", strconv.Itoa(o.pairs), "-base", "100000")
+	if err != nil {
+		return fmt.Errorf("many pairs: %w", err)
+	}
+	fmt.Printf("[5] %d concurrent pairs through the relay (all senders in one process, all receivers in another): %9.0f packets/s  %6.2f Gbit/s\n",
+		o.pairs, many.pps(), many.gbps())
+	fmt.Printf("\ntotal run time %v\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func child(o opts) error {
+	ca, err := testpki.Load(o.dir, td)
+	if err != nil {
+		return err
+	}
+	switch o.role {
+	case "relay":
+		return runRelay(ca)
+	case "pipe-recv", "pipe-echo":
+		return pipeServer(o, ca)
+	case "pipe-send", "pipe-ping":
+		return pipeClient(o, ca)
+	case "relay-recv", "relay-send", "relay-echo", "relay-ping":
+		return relayRole(o, ca)
+	case "idle":
+		return idleClients(o, ca)
+	}
+	return fmt.Errorf("unknown role %q", o.role)
+}
+
+func printJSON(r result) {
+	b, _ := json.Marshal(r)
+	fmt.Println(string(b))
+}
+
+func keyOf(i int) frame.Key {
+	var k frame.Key
+	copy(k[:], fmt.Sprintf("bench-key-%022d", i))
+	return k
+}
+
+func nodeTLS(ca *testpki.CA, i int) (*tls.Config, frame.Key, error) {
+	k := keyOf(i)
+	cert, err := ca.Node("bench", "n"+strconv.Itoa(i), k)
+	if err != nil {
+		return nil, k, err
+	}
+	return ca.ClientTLS(cert), k, nil
+}
+
+func runRelay(ca *testpki.CA) error {
+	cert, err := ca.Relay("", "bench-relay")
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		TrustDomain: td, Certificate: server.StaticCertificate{Cert: &cert}, Roots: ca.Roots(),
+		RelayID: "bench-relay", MaxClients: 15000,
+		RateLimitBytes: 10e9, // the limiter runs, but does not bind
+		Logger:         slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println("READY", ln.Addr().String())
+	ctx, cancel := signalContext()
+	defer cancel()
+	return srv.Run(ctx, ln)
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,15 @@ const typeCloseAfterFlush frame.Type = 0xff
 
 // meshQueueLen bounds a mesh link's data queue; it carries many clients' traffic.
 const meshQueueLen = 8192
+
+// flushThreshold: below this many buffered bytes the writer yields once
+// before flushing, to fill TLS records better under load.
+const flushThreshold = 8 << 10
+
+// backpressureAt is the fill of a destination queue above which a reader
+// yields its processor once, giving the destination's writer a chance to
+// drain before packets are dropped. It never blocks.
+const backpressureDiv = 2
 
 // controlHeadroom is how many control entries may exceed a data queue's bound.
 const controlHeadroom = 1 << 20
@@ -393,6 +403,9 @@ func (c *conn) forward(now time.Time, dst frame.Key, buf *bufpool.Buf, plen int)
 		it.typ, it.dst = frame.TypeForwardPacket, dst
 	}
 	dropped, res := r.via.q.Push(it)
+	if res == pktq.Pushed && r.via.q.Len() > s.cfg.SendQueueLen/backpressureDiv {
+		runtime.Gosched()
+	}
 	switch res {
 	case pktq.Closed:
 		c.stats.drops[DropDestClosed].Add(1)
@@ -583,11 +596,21 @@ func (c *conn) writeLoop() {
 		fw.Reset(bw)
 		var err error
 		closeAfter := false
+		yielded := false
 		for err == nil && !closeAfter {
 			batch = c.q.Pop(batch[:0], 256)
 			if len(batch) == 0 {
+				// Before flushing a part-filled record, let the producers run
+				// once: what they queue meanwhile leaves in the same record
+				// and the same system call.
+				if !yielded && bw.Buffered() > 0 && bw.Buffered() < flushThreshold {
+					yielded = true
+					runtime.Gosched()
+					continue
+				}
 				break
 			}
+			yielded = false
 			for i := range batch {
 				if err == nil && !closeAfter {
 					closeAfter, err = writeItem(fw, &batch[i])

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,7 @@ type opts struct {
 	idle    int
 	rtts    int
 	base    int
+	phases  string
 }
 
 func main() {
@@ -61,6 +63,7 @@ func main() {
 	flag.IntVar(&o.idle, "idle", 2000, "idle client connections for the memory phase")
 	flag.IntVar(&o.rtts, "rtts", 2000, "round trips per latency measurement")
 	flag.IntVar(&o.base, "base", 0, "internal: first key index of a child")
+	flag.StringVar(&o.phases, "phases", "12345", "phases to run: 1 pipe, 2 relay pair, 3 latency, 4 idle memory, 5 many pairs")
 	flag.Parse()
 	log.SetFlags(0)
 	var err error
@@ -81,6 +84,8 @@ type result struct {
 	Seconds float64   `json:"seconds"`
 	RTTs    []float64 `json:"rtts_us,omitempty"`
 	Dropped uint64    `json:"dropped,omitempty"`
+	RxCPU   float64   `json:"-"`
+	TxCPU   float64   `json:"-"`
 }
 
 func (r result) pps() float64  { return float64(r.Packets) / r.Seconds }
@@ -151,6 +156,19 @@ func (p *proc) stop() {
 	}
 }
 
+// cpuSeconds returns a running process's user+system CPU time.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	u, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (u + st) / 100 // USER_HZ is 100 on Linux
+}
+
 func rssKiB(pid int) (int, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -198,6 +216,9 @@ func pair(o opts, recvRole, sendRole, target string, extra ...string) (result, e
 	if err != nil {
 		return r, err
 	}
+	r.RxCPU = rx.cmd.ProcessState.UserTime().Seconds() + rx.cmd.ProcessState.SystemTime().Seconds()
+	r.TxCPU = tx.cmd.ProcessState.UserTime().Seconds() + tx.cmd.ProcessState.SystemTime().Seconds()
+	t.RxCPU, t.TxCPU = r.RxCPU, r.TxCPU
 	if len(t.RTTs) > 0 { // latency: the pinging side measures
 		return t, nil
 	}
@@ -223,9 +244,13 @@ func orchestrate(o opts) error {
 		o.size, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
 	fmt.Println("processes: orchestrator (idle) | relay (own process) | sender client | receiver client; all TLS 1.3, ECDSA P-256 certificates")
 
-	pipe, err := pair(o, "pipe-recv", "pipe-send", "")
-	if err != nil {
-		return fmt.Errorf("pipe throughput: %w", err)
+	on := func(p string) bool { return strings.Contains(o.phases, p) }
+	var pipe result
+	if on("1") {
+		pipe, err = pair(o, "pipe-recv", "pipe-send", "")
+		if err != nil {
+			return fmt.Errorf("pipe throughput: %w", err)
+		}
 	}
 	fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process:   %9.0f packets/s  %6.2f Gbit/s\n", pipe.pps(), pipe.gbps())
 
@@ -235,21 +260,33 @@ func orchestrate(o opts) error {
 	}
 	defer relay.stop()
 	url := "https://" + relay.addr + frame.Path
-	one, err := pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
-	if err != nil {
-		return fmt.Errorf("relay throughput: %w", err)
+	var one result
+	relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
+	if on("2") {
+		one, err = pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
+		if err != nil {
+			return fmt.Errorf("relay throughput: %w", err)
+		}
 	}
 	fmt.Printf("[2] through cvlan-relay (sender -> relay process -> receiver): %9.0f packets/s  %6.2f Gbit/s  (receiver-side drops %d)\n",
 		one.pps(), one.gbps(), one.Dropped)
+	fmt.Printf("    CPU seconds over the whole phase: pipe sender %.1f receiver %.1f | relay: sender %.1f relay %.1f receiver %.1f\n",
+		pipe.TxCPU, pipe.RxCPU, one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU)
 	fmt.Printf("    ratio relay/pipe: %.2f  (target >= 0.40; Tailscale derper BenchmarkSendRecv, no TLS: ~395,000 packets/s)\n", one.pps()/pipe.pps())
 
-	pl, err := pair(o, "pipe-echo", "pipe-ping", "")
-	if err != nil {
-		return fmt.Errorf("pipe latency: %w", err)
+	if !on("3") {
+		o.rtts = 0
 	}
-	rl, err := pair(o, "relay-echo", "relay-ping", url, "-base", "10")
-	if err != nil {
-		return fmt.Errorf("relay latency: %w", err)
+	var pl, rl result
+	if on("3") {
+		pl, err = pair(o, "pipe-echo", "pipe-ping", "")
+		if err != nil {
+			return fmt.Errorf("pipe latency: %w", err)
+		}
+		rl, err = pair(o, "relay-echo", "relay-ping", url, "-base", "10")
+		if err != nil {
+			return fmt.Errorf("relay latency: %w", err)
+		}
 	}
 	fmt.Printf("[3] round trip, %d pings of %d bytes: pipe p50 %.0f us p99 %.0f us | relay p50 %.0f us p99 %.0f us | added by relay p50 %.0f us p99 %.0f us\n",
 		o.rtts, o.size, pct(pl.RTTs, .5), pct(pl.RTTs, .99), pct(rl.RTTs, .5), pct(rl.RTTs, .99),
@@ -258,6 +295,9 @@ func orchestrate(o opts) error {
 	before, err := rssKiB(relay.cmd.Process.Pid)
 	if err != nil {
 		return err
+	}
+	if !on("4") {
+		o.idle = 1
 	}
 	idle, err := spawn(o, "idle", "-addr", url, "-idle", strconv.Itoa(o.idle))
 	if err != nil {
@@ -269,9 +309,12 @@ func orchestrate(o opts) error {
 	fmt.Printf("[4] %d idle client connections: relay RSS %d KiB -> %d KiB, %.1f KiB per connection\n",
 		o.idle, before, after, float64(after-before)/float64(o.idle))
 
-	many, err := pair(o, "relay-recv", "relay-send", url, "-pairs", strconv.Itoa(o.pairs), "-base", "100000")
-	if err != nil {
-		return fmt.Errorf("many pairs: %w", err)
+	var many result
+	if on("5") {
+		many, err = pair(o, "relay-recv", "relay-send", url, "-pairs", strconv.Itoa(o.pairs), "-base", "100000")
+		if err != nil {
+			return fmt.Errorf("many pairs: %w", err)
+		}
 	}
 	fmt.Printf("[5] %d concurrent pairs through the relay (all senders in one process, all receivers in another): %9.0f packets/s  %6.2f Gbit/s\n",
 		o.pairs, many.pps(), many.gbps())
@@ -340,5 +383,19 @@ func runRelay(ca *testpki.CA) error {
 	fmt.Println("READY", ln.Addr().String())
 	ctx, cancel := signalContext()
 	defer cancel()
-	return srv.Run(ctx, ln)
+	if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
+		// For tuning: profile the relay process only.
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	err = srv.Run(ctx, ln)
+	st := srv.Stats()
+	fmt.Fprintf(os.Stderr, "relay process stats: forwarded %d packets, drops %v, rejects %v\n", st.PacketsForwarded, st.Drops, st.Rejects)
+	return err
 }

@@ -31,7 +31,7 @@ var (
 )
 
 // DefaultHistory is the number of deltas kept per node when Options.History is 0.
-const DefaultHistory = 64
+const DefaultHistory = 32
 
 // Options configure an Engine.
 type Options struct {
@@ -186,8 +186,9 @@ func (e *Engine) Load(id NetworkID, cfg NetworkConfig, nodes []Node, policies []
 			nw.names[k] = n.ID
 		}
 	}
+	srcs := policy.NewSourceCache()
 	for _, st := range nw.nodes {
-		st.filterHash = policy.HashFilter(c.Filter(nw.dir, attrsOf(&st.node)))
+		st.filterHash = policy.HashFilter(c.FilterCached(nw.dir, attrsOf(&st.node), srcs))
 	}
 	e.mu.Lock()
 	e.networks[id] = nw
@@ -300,39 +301,88 @@ func cloneNode(n Node) Node {
 // batch collects the deltas of one change, one per affected node.
 type batch struct {
 	nw     *network
-	drafts map[string]*Delta
-	order  []*Delta
+	srcs   *policy.SourceCache
+	drafts map[string]*draft
+	order  []*draft
+}
+
+// draft is a delta being built; owned is false while its Change is shared with
+// other nodes and must be copied before it is modified.
+type draft struct {
+	d     *Delta
+	owned bool
 }
 
 func (nw *network) newBatch() *batch {
-	return &batch{nw: nw, drafts: make(map[string]*Delta)}
+	return &batch{nw: nw, drafts: make(map[string]*draft), srcs: policy.NewSourceCache()}
 }
 
-func (b *batch) get(id string) *Delta {
-	if d, ok := b.drafts[id]; ok {
-		return d
+// mut returns a Change of the node's own, to modify.
+func (b *batch) mut(id string) *Change {
+	dr := b.drafts[id]
+	if dr == nil {
+		dr = &draft{d: &Delta{NodeID: id, Change: &Change{}}, owned: true}
+		b.drafts[id] = dr
+		b.order = append(b.order, dr)
+	} else if !dr.owned {
+		dr.d.Change = dr.d.Change.clone()
+		dr.owned = true
 	}
-	d := &Delta{NodeID: id}
-	b.drafts[id] = d
-	b.order = append(b.order, d)
-	return d
+	return dr.d.Change
+}
+
+// share gives the node the change c, shared with the other nodes given c.
+func (b *batch) share(id string, c *Change) {
+	if dr := b.drafts[id]; dr != nil {
+		b.mut(id).merge(c)
+		return
+	}
+	dr := &draft{d: &Delta{NodeID: id, Change: c}}
+	b.drafts[id] = dr
+	b.order = append(b.order, dr)
+}
+
+func (c *Change) clone() *Change {
+	out := *c
+	out.PeersUpserted = slices.Clone(c.PeersUpserted)
+	out.PeersRemoved = slices.Clone(c.PeersRemoved)
+	out.DNSUpserted = slices.Clone(c.DNSUpserted)
+	out.DNSRemoved = slices.Clone(c.DNSRemoved)
+	return &out
+}
+
+func (c *Change) merge(o *Change) {
+	if o.Self != nil {
+		c.Self = o.Self
+	}
+	c.PeersUpserted = append(c.PeersUpserted, o.PeersUpserted...)
+	c.PeersRemoved = append(c.PeersRemoved, o.PeersRemoved...)
+	if o.PacketFilterChanged {
+		c.PacketFilterChanged, c.PacketFilter = true, o.PacketFilter
+	}
+	c.DNSUpserted = append(c.DNSUpserted, o.DNSUpserted...)
+	c.DNSRemoved = append(c.DNSRemoved, o.DNSRemoved...)
+	if o.RelayMap != nil {
+		c.RelayMap = o.RelayMap
+	}
 }
 
 // refreshFilter recomputes a node's filter and records it when it changed.
 func (b *batch) refreshFilter(st *nodeState) {
-	f := b.nw.pol.Filter(b.nw.dir, attrsOf(&st.node))
+	f := b.nw.pol.FilterCached(b.nw.dir, attrsOf(&st.node), b.srcs)
 	if h := policy.HashFilter(f); h != st.filterHash {
 		st.filterHash = h
-		d := b.get(st.node.ID)
-		d.PacketFilterChanged = true
-		d.PacketFilter = f
+		c := b.mut(st.node.ID)
+		c.PacketFilterChanged = true
+		c.PacketFilter = f
 	}
 }
 
 // commit versions the drafts and records them in each node's history.
 func (b *batch) commit() []*Delta {
-	out := b.order[:0]
-	for _, d := range b.order {
+	out := make([]*Delta, 0, len(b.order))
+	for _, dr := range b.order {
+		d := dr.d
 		st := b.nw.nodes[d.NodeID]
 		if st == nil {
 			continue
@@ -375,12 +425,12 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 			nw.names[k] = n.ID
 		}
 		st.filterHash = policy.HashFilter(nw.pol.Filter(nw.dir, newAttrs))
+		joined := &Change{PeersUpserted: []*Peer{newPeer}}
+		if hasRec {
+			joined.DNSUpserted = []DNSRecord{rec}
+		}
 		for _, p := range peers {
-			d := b.get(p)
-			d.PeersUpserted = append(d.PeersUpserted, newPeer)
-			if hasRec {
-				d.DNSUpserted = append(d.DNSUpserted, rec)
-			}
+			b.share(p, joined)
 		}
 		for _, dep := range nw.pol.FilterDependents(nw.dir, nil, &newAttrs) {
 			if dep != n.ID {
@@ -413,46 +463,50 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 
 	// Peers that saw the node before and still do get its new record.
 	if peerChanged || dnsChanged {
+		kept := &Change{}
+		if peerChanged {
+			kept.PeersUpserted = []*Peer{newPeer}
+		}
+		if dnsChanged {
+			if nameChanged && oldFQDN != "" {
+				kept.DNSRemoved = []string{oldFQDN}
+			}
+			if hasRec {
+				kept.DNSUpserted = []DNSRecord{rec}
+			}
+		}
 		isAdded := make(map[string]bool, len(added))
 		for _, a := range added {
 			isAdded[a] = true
 		}
 		for _, p := range nw.pol.Peers(nw.dir, newAttrs) {
-			if isAdded[p] {
-				continue
-			}
-			d := b.get(p)
-			if peerChanged {
-				d.PeersUpserted = append(d.PeersUpserted, newPeer)
-			}
-			if dnsChanged {
-				if nameChanged && oldFQDN != "" {
-					d.DNSRemoved = append(d.DNSRemoved, oldFQDN)
-				}
-				if hasRec {
-					d.DNSUpserted = append(d.DNSUpserted, rec)
-				}
+			if !isAdded[p] {
+				b.share(p, kept)
 			}
 		}
 	}
-	for _, p := range added {
-		d := b.get(p)
-		d.PeersUpserted = append(d.PeersUpserted, newPeer)
+	if len(added) > 0 {
+		joined := &Change{PeersUpserted: []*Peer{newPeer}}
 		if hasRec {
-			d.DNSUpserted = append(d.DNSUpserted, rec)
+			joined.DNSUpserted = []DNSRecord{rec}
+		}
+		for _, p := range added {
+			b.share(p, joined)
 		}
 	}
-	for _, p := range removed {
-		d := b.get(p)
-		d.PeersRemoved = append(d.PeersRemoved, PeerRef{NodeID: n.ID, Key: old.Key})
+	if len(removed) > 0 {
+		left := &Change{PeersRemoved: []PeerRef{{NodeID: n.ID, Key: old.Key}}}
 		if oldFQDN != "" {
-			d.DNSRemoved = append(d.DNSRemoved, oldFQDN)
+			left.DNSRemoved = []string{oldFQDN}
+		}
+		for _, p := range removed {
+			b.share(p, left)
 		}
 	}
 
 	// The node's own view.
 	if !selfEqual(oldSelf, newSelf) || len(added) > 0 || len(removed) > 0 || dnsChanged {
-		d := b.get(n.ID)
+		d := b.mut(n.ID)
 		if !selfEqual(oldSelf, newSelf) {
 			d.Self = &newSelf
 		}
@@ -478,7 +532,7 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 	return b.commit()
 }
 
-func (nw *network) addPeers(d *Delta, ids []string) {
+func (nw *network) addPeers(d *Change, ids []string) {
 	for _, id := range ids {
 		ps := nw.nodes[id]
 		d.PeersUpserted = append(d.PeersUpserted, ps.peer)
@@ -488,7 +542,7 @@ func (nw *network) addPeers(d *Delta, ids []string) {
 	}
 }
 
-func (nw *network) removePeers(d *Delta, ids []string) {
+func (nw *network) removePeers(d *Change, ids []string) {
 	for _, id := range ids {
 		ps := nw.nodes[id]
 		d.PeersRemoved = append(d.PeersRemoved, PeerRef{NodeID: id, Key: ps.node.Key})
@@ -540,14 +594,12 @@ func (e *Engine) RemoveNode(id NetworkID, nodeID string) ([]*Delta, error) {
 		delete(nw.names, k)
 	}
 	b := nw.newBatch()
-	ref := PeerRef{NodeID: nodeID, Key: st.node.Key}
-	f := nw.fqdn(st.node.Name)
+	left := &Change{PeersRemoved: []PeerRef{{NodeID: nodeID, Key: st.node.Key}}}
+	if f := nw.fqdn(st.node.Name); f != "" {
+		left.DNSRemoved = []string{f}
+	}
 	for _, p := range peers {
-		d := b.get(p)
-		d.PeersRemoved = append(d.PeersRemoved, ref)
-		if f != "" {
-			d.DNSRemoved = append(d.DNSRemoved, f)
-		}
+		b.share(p, left)
 	}
 	for _, dep := range nw.pol.FilterDependents(nw.dir, &attrs, nil) {
 		b.refreshFilter(nw.nodes[dep])
@@ -580,7 +632,7 @@ func (e *Engine) SetPolicies(id NetworkID, policies []policy.Policy) ([]*Delta, 
 	nw.pol = c
 	for i, nid := range affected {
 		if len(diffs[i].added)+len(diffs[i].removed) > 0 {
-			d := b.get(nid)
+			d := b.mut(nid)
 			nw.addPeers(d, diffs[i].added)
 			nw.removePeers(d, diffs[i].removed)
 		}
@@ -601,8 +653,9 @@ func (e *Engine) SetRelayMap(id NetworkID, rm RelayMap) []*Delta {
 	}
 	nw.relay = cloneRelayMap(&rm)
 	b := nw.newBatch()
+	c := &Change{RelayMap: nw.relay}
 	for nid := range nw.nodes {
-		b.get(nid).RelayMap = nw.relay
+		b.share(nid, c)
 	}
 	return b.commit()
 }

@@ -139,13 +139,21 @@ type Snapshot struct {
 	View    View
 }
 
-// Delta turns a node's view at Version-1 into its view at Version. Apply order:
-// Self, PeersRemoved then PeersUpserted, PacketFilter, DNSRemoved then
-// DNSUpserted, RelayMap (View.Apply implements it).
+// Delta turns a node's view at Version-1 into its view at Version.
 type Delta struct {
 	NodeID  string
 	Epoch   uint64
 	Version uint64
+	// Change is what changed. Nodes affected the same way by one change share one
+	// Change value (a join in an all-to-all network costs one Change, not N),
+	// which is why it must be treated as read-only.
+	*Change
+}
+
+// Change is the content of a Delta. Apply order: Self, PeersRemoved then
+// PeersUpserted, PacketFilter, DNSRemoved then DNSUpserted, RelayMap
+// (View.Apply implements it).
+type Change struct {
 	// Self is set when the node's own part changed.
 	Self *Self
 	// PeersUpserted are new or changed peers (replace by NodeID).

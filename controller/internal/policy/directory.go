@@ -3,6 +3,7 @@ package policy
 import (
 	"net/netip"
 	"slices"
+	"sync"
 )
 
 // Directory is the set of nodes of one cvlan, indexed by the attributes rules
@@ -23,6 +24,8 @@ type Directory struct {
 	tags   map[string]slotSet
 	// cidrs holds members of the CIDR targets registered with Track.
 	cidrs map[netip.Prefix]slotSet
+
+	pool sync.Pool // of *marks
 }
 
 type dirSlot struct {
@@ -230,19 +233,44 @@ func matchesCIDR(a *NodeAttrs, p netip.Prefix) bool {
 	return false
 }
 
-// bitset marks node slots already visited during one enumeration.
-type bitset []uint64
+// marks records which node slots one enumeration has visited. A bitset over
+// all slots makes each test O(1); the list of touched slots lets release clear
+// only what was set, so an enumeration costs what it visits, not the number of
+// nodes. Marks are pooled per Directory because enumerations also run under
+// concurrent readers.
+type marks struct {
+	bits    []uint64
+	touched []int32
+}
 
-func newBitset(n int) bitset { return make(bitset, (n+63)/64) }
+func (d *Directory) acquire() *marks {
+	m, _ := d.pool.Get().(*marks)
+	if m == nil {
+		m = &marks{}
+	}
+	if need := (len(d.slots) + 63) / 64; len(m.bits) < need {
+		m.bits = make([]uint64, need+need/4)
+	}
+	return m
+}
+
+func (d *Directory) release(m *marks) {
+	for _, s := range m.touched {
+		m.bits[s/64] = 0
+	}
+	m.touched = m.touched[:0]
+	d.pool.Put(m)
+}
 
 // testAndSet marks s and reports whether it was already marked.
-func (b bitset) testAndSet(s int32) bool {
-	w, m := s/64, uint64(1)<<(uint(s)%64)
-	if b[w]&m != 0 {
+func (m *marks) testAndSet(s int32) bool {
+	w, b := s/64, uint64(1)<<(uint(s)%64)
+	if m.bits[w]&b != 0 {
 		return true
 	}
-	b[w] |= m
+	m.bits[w] |= b
+	m.touched = append(m.touched, s)
 	return false
 }
 
-func (b bitset) has(s int32) bool { return b[s/64]&(uint64(1)<<(uint(s)%64)) != 0 }
+func (m *marks) has(s int32) bool { return m.bits[s/64]&(uint64(1)<<(uint(s)%64)) != 0 }

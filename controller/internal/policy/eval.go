@@ -121,8 +121,9 @@ func matchesAny(a *NodeAttrs, ts []Target) bool {
 // visible returns the slots of the nodes that the node a may talk to, in either
 // direction. The cost is the size of the candidate targets' member sets, not the
 // number of nodes (unless a rule selects Any).
-func (c *Compiled) visible(d *Directory, a *NodeAttrs) (bitset, []int32) {
-	seen := newBitset(len(d.slots))
+// The returned marks hold exactly the result; the caller releases them.
+func (c *Compiled) visible(d *Directory, a *NodeAttrs) (*marks, []int32) {
+	seen := d.acquire()
 	if c == nil {
 		return seen, nil
 	}
@@ -146,7 +147,8 @@ func (c *Compiled) visible(d *Directory, a *NodeAttrs) (bitset, []int32) {
 	}
 	// seen also marks candidates rejected by a deny; rebuild it from out.
 	if deny {
-		seen = newBitset(len(d.slots))
+		d.release(seen)
+		seen = d.acquire()
 		for _, s := range out {
 			seen.testAndSet(s)
 		}
@@ -169,7 +171,8 @@ func (d *Directory) ids(slots []int32) []string {
 // traffic with (allowed in at least one direction), excluding itself. The node
 // itself need not be in d; the result does not depend on its entry there.
 func (c *Compiled) Peers(d *Directory, a NodeAttrs) []string {
-	_, slots := c.visible(d, &a)
+	seen, slots := c.visible(d, &a)
+	d.release(seen)
 	return d.ids(slots)
 }
 
@@ -202,7 +205,8 @@ func PeerDiff(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA
 		}
 		self, hasSelf := d.byID[newA.ID]
 		diff := func(from, against []Target) []int32 {
-			seen := newBitset(len(d.slots))
+			seen := d.acquire()
+			defer d.release(seen)
 			var out []int32
 			for _, t := range from {
 				if slices.Contains(against, t) {
@@ -223,6 +227,8 @@ func PeerDiff(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA
 	}
 	oldSeen, oldV := oldC.visible(d, &oldA)
 	newSeen, newV := newC.visible(d, &newA)
+	defer d.release(oldSeen)
+	defer d.release(newSeen)
 	var add, rem []int32
 	for _, s := range newV {
 		if !oldSeen.has(s) {
@@ -257,8 +263,29 @@ func byDstOf(c *Compiled) map[Target][]int32 {
 // (host prefixes), CIDR sources stay prefixes and Any becomes 0.0.0.0/0 and ::/0.
 // Rules with no source or destination left are omitted.
 func (c *Compiled) Filter(d *Directory, a NodeAttrs) []FilterRule {
+	return c.FilterCached(d, a, nil)
+}
+
+// SourceCache remembers expanded rule sources between Filter calls made for one
+// change, when many nodes share the same rules (a tag group's members all list
+// the group's addresses): each source list is then built once and shared. It is
+// valid only while the Directory and the Compiled it was used with are unchanged.
+type SourceCache struct {
+	c    *Compiled
+	srcs map[int32][]netip.Prefix
+}
+
+// NewSourceCache returns an empty cache.
+func NewSourceCache() *SourceCache { return &SourceCache{} }
+
+// FilterCached is Filter with a SourceCache (nil means none). The returned
+// rules may share their Sources slices with other nodes' rules: read-only.
+func (c *Compiled) FilterCached(d *Directory, a NodeAttrs, cache *SourceCache) []FilterRule {
 	if c == nil {
 		return nil
+	}
+	if cache != nil && cache.c != c {
+		cache.c, cache.srcs = c, make(map[int32][]netip.Prefix)
 	}
 	var out []FilterRule
 	for _, i := range c.matchRules(&a, c.byDst) {
@@ -267,7 +294,16 @@ func (c *Compiled) Filter(d *Directory, a NodeAttrs) []FilterRule {
 		if len(dsts) == 0 {
 			continue
 		}
-		srcs := sourcePrefixes(d, r.srcs)
+		var srcs []netip.Prefix
+		if cache != nil {
+			var ok bool
+			if srcs, ok = cache.srcs[i]; !ok {
+				srcs = sourcePrefixes(d, r.srcs)
+				cache.srcs[i] = srcs
+			}
+		} else {
+			srcs = sourcePrefixes(d, r.srcs)
+		}
 		if len(srcs) == 0 {
 			continue
 		}
@@ -391,7 +427,8 @@ func (c *Compiled) FilterDependents(d *Directory, old, new *NodeAttrs) []string 
 			}
 		}
 	}
-	seen := newBitset(len(d.slots))
+	seen := d.acquire()
+	defer d.release(seen)
 	var out []int32
 	visitRule := make(map[int32]bool)
 	for _, k := range keys {
@@ -441,7 +478,8 @@ func Affected(d *Directory, old, new *Compiled) []string {
 	if slices.Contains(targets, Any()) {
 		targets = []Target{Any()}
 	}
-	seen := newBitset(len(d.slots))
+	seen := d.acquire()
+	defer d.release(seen)
 	var out []int32
 	for _, t := range targets {
 		d.eachMember(t, func(s int32) {

@@ -1,0 +1,280 @@
+// Package sqlcore is the SQL implementation of store.Tx shared by the SQLite and PostgreSQL
+// stores. Each resource is a table with its id, tenant, version and times as columns, the columns
+// its filters and unique keys need, and the whole entity as JSON in `data`; the dialects differ
+// only in placeholders, JSON predicates, error codes, row locks and change-feed notification.
+package sqlcore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// Querier is the part of a database transaction the core needs; the stores adapt *sql.Tx and
+// pgx.Tx to it. Queries use '?' placeholders; the dialect rewrites them.
+type Querier interface {
+	Exec(ctx context.Context, query string, args ...any) (int64, error)
+	Query(ctx context.Context, query string, args ...any) (Rows, error)
+}
+
+// Rows iterates over a query result.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+	Close()
+}
+
+// Dialect holds what differs between the databases.
+type Dialect struct {
+	// Name is "sqlite" or "postgres".
+	Name string
+	// Rebind rewrites '?' placeholders (nil: unchanged).
+	Rebind func(string) string
+	// ForUpdate is appended to SELECTs that must lock the row (" FOR UPDATE" or "").
+	ForUpdate string
+	// ArrayHas returns a predicate true when the JSON array at key of the JSON column data
+	// contains the string expression val (a '?' placeholder or a column).
+	ArrayHas func(data, key, val string) string
+	// ArrayHasField returns a predicate true when an object of the JSON array at key of data has
+	// field equal to the string expression val.
+	ArrayHasField func(data, key, field, val string) string
+	// IsUnique and IsForeignKey classify constraint violations.
+	IsUnique     func(error) bool
+	IsForeignKey func(error) bool
+	// BeforeChanges runs before change events are inserted, just before commit (PostgreSQL: a
+	// transaction-level advisory lock, so that change ids become visible in id order).
+	BeforeChanges string
+	// AfterChanges runs after change events are inserted (PostgreSQL: pg_notify).
+	AfterChanges string
+}
+
+// NewID returns a new resource id: a UUIDv7 (time-ordered, so id order is creation order and
+// keyset pagination by id lists oldest first), random bits from crypto/rand.
+func NewID() string {
+	id, err := uuid.NewV7FromReader(rand.Reader)
+	if err != nil {
+		// crypto/rand does not fail on supported platforms; a panic beats duplicate ids.
+		panic(fmt.Sprintf("sqlcore: uuid: %v", err))
+	}
+	return id.String()
+}
+
+// Tx implements store.Tx over a Querier.
+type Tx struct {
+	q        Querier
+	d        *Dialect
+	scope    store.Scope
+	readOnly bool
+	now      func() time.Time
+	changes  []domain.ChangeEvent
+}
+
+var _ store.Tx = (*Tx)(nil)
+
+// NewTx wraps q. now is the clock (nil means time.Now).
+func NewTx(q Querier, d *Dialect, scope store.Scope, readOnly bool, now func() time.Time) *Tx {
+	if now == nil {
+		now = time.Now
+	}
+	return &Tx{q: q, d: d, scope: scope, readOnly: readOnly, now: now}
+}
+
+// Scope implements store.Tx.
+func (tx *Tx) Scope() store.Scope { return tx.scope }
+
+// Now implements store.Tx: the clock truncated to microseconds, the precision stored.
+func (tx *Tx) Now() time.Time { return tx.now().UTC().Truncate(time.Microsecond) }
+
+// HasChanges reports whether the transaction recorded change events (the store then notifies
+// watchers after commit).
+func (tx *Tx) HasChanges() bool { return len(tx.changes) > 0 }
+
+// FlushChanges writes the recorded change events. Stores call it right before commit, so that
+// on PostgreSQL the feed lock is held only for the commit itself.
+func (tx *Tx) FlushChanges(ctx context.Context) error {
+	if len(tx.changes) == 0 {
+		return nil
+	}
+	if tx.d.BeforeChanges != "" {
+		if _, err := tx.exec(ctx, tx.d.BeforeChanges); err != nil {
+			return fmt.Errorf("lock change feed: %w", err)
+		}
+	}
+	for _, c := range tx.changes {
+		_, err := tx.exec(ctx, `INSERT INTO change_events (tenant_id, resource_type, resource_id, op, version, time)
+			VALUES (?, ?, ?, ?, ?, ?)`, c.TenantID, c.ResourceType, c.ResourceID, string(c.Op), c.Version, micros(c.Time))
+		if err != nil {
+			return fmt.Errorf("append change event: %w", err)
+		}
+	}
+	if tx.d.AfterChanges != "" {
+		if _, err := tx.exec(ctx, tx.d.AfterChanges); err != nil {
+			return fmt.Errorf("notify change feed: %w", err)
+		}
+	}
+	return nil
+}
+
+func (tx *Tx) record(tenantID, kind, id string, op domain.ChangeOp, version int64) {
+	tx.changes = append(tx.changes, domain.ChangeEvent{
+		Time: tx.Now(), TenantID: tenantID, ResourceType: kind, ResourceID: id, Op: op, Version: version,
+	})
+}
+
+func (tx *Tx) rebind(q string) string {
+	if tx.d.Rebind == nil {
+		return q
+	}
+	return tx.d.Rebind(q)
+}
+
+func (tx *Tx) exec(ctx context.Context, q string, args ...any) (int64, error) {
+	return tx.q.Exec(ctx, tx.rebind(q), args...)
+}
+
+func (tx *Tx) query(ctx context.Context, q string, args ...any) (Rows, error) {
+	return tx.q.Query(ctx, tx.rebind(q), args...)
+}
+
+// queryInt64 runs a query returning one integer (count, id); no row gives ok == false.
+func (tx *Tx) queryInt64(ctx context.Context, q string, args ...any) (v int64, ok bool, err error) {
+	rows, err := tx.query(ctx, q, args...)
+	if err != nil {
+		return 0, false, err
+	}
+	defer rows.Close()
+	if rows.Next() {
+		var n *int64
+		if err := rows.Scan(&n); err != nil {
+			return 0, false, err
+		}
+		if n != nil {
+			v = *n
+		}
+		ok = true
+	}
+	return v, ok, rows.Err()
+}
+
+func (tx *Tx) writable() error {
+	if tx.readOnly {
+		return fmt.Errorf("%w: write in a read-only transaction", domain.ErrInvalid)
+	}
+	return nil
+}
+
+// classify maps constraint violations to domain errors: a foreign-key violation means a missing
+// parent on inserts (ErrNotFound) and remaining children on deletes (ErrFailedPrecondition).
+func (tx *Tx) classify(err error, what string) error {
+	switch {
+	case err == nil:
+		return nil
+	case tx.d.IsUnique(err):
+		return fmt.Errorf("%s: %w", what, domain.ErrAlreadyExists)
+	case tx.d.IsForeignKey(err) && strings.HasPrefix(what, "delete"):
+		return fmt.Errorf("%s: still referenced: %w", what, domain.ErrFailedPrecondition)
+	case tx.d.IsForeignKey(err):
+		return fmt.Errorf("%s: a referenced resource does not exist: %w", what, domain.ErrNotFound)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+func micros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(v).UTC()
+}
+
+func nullable(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
+// cond is a predicate with its arguments.
+type cond struct {
+	sql  string
+	args []any
+}
+
+func where(conds []cond) (string, []any) {
+	if len(conds) == 0 {
+		return "", nil
+	}
+	parts := make([]string, 0, len(conds))
+	var args []any
+	for _, c := range conds {
+		parts = append(parts, "("+c.sql+")")
+		args = append(args, c.args...)
+	}
+	return " WHERE " + strings.Join(parts, " AND "), args
+}
+
+// prefixCond matches col starting with prefix. It uses a range rather than LIKE so that both
+// databases use the (col) index and no escaping of % or _ is needed.
+func prefixCond(col, prefix string) cond {
+	return cond{col + " >= ? AND " + col + " < ?", []any{prefix, prefix + "\U0010FFFF"}}
+}
+
+// pageToken is the keyset position after the last item of a page.
+type pageToken struct {
+	Name string `json:"n,omitempty"`
+	ID   string `json:"i"`
+}
+
+func encodeToken(t pageToken) string {
+	b, _ := json.Marshal(t)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeToken(s string) (*pageToken, error) {
+	if s == "" {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	var t pageToken
+	if err == nil {
+		err = json.Unmarshal(b, &t)
+	}
+	if err != nil || t.ID == "" {
+		return nil, fmt.Errorf("%w: malformed page token", domain.ErrInvalid)
+	}
+	return &t, nil
+}
+
+func pageSize(o store.ListOptions) int {
+	switch {
+	case o.PageSize <= 0:
+		return store.DefaultPageSize
+	case o.PageSize > store.MaxPageSize:
+		return store.MaxPageSize
+	}
+	return o.PageSize
+}
+
+func jsonString(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("encode: %w", err)
+	}
+	return string(b), nil
+}

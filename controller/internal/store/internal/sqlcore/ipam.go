@@ -1,0 +1,353 @@
+package sqlcore
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/netip"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/ipam"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// GetCvlan implements store.Tx.
+func (tx *Tx) GetCvlan(ctx context.Context, id string) (*domain.Cvlan, error) {
+	return cvlans.get(ctx, tx, id)
+}
+
+// ListCvlans implements store.Tx.
+func (tx *Tx) ListCvlans(ctx context.Context, f store.CvlanFilter, o store.ListOptions) (*store.Page[domain.Cvlan], error) {
+	var c []cond
+	if f.NamePrefix != "" {
+		c = append(c, prefixCond("name", f.NamePrefix))
+	}
+	return cvlans.list(ctx, tx, c, o)
+}
+
+// CreateCvlan implements store.Tx.
+func (tx *Tx) CreateCvlan(ctx context.Context, v *domain.Cvlan) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	if v.Name == "" {
+		return fmt.Errorf("%w: cvlan name is required", domain.ErrInvalid)
+	}
+	v4s := ""
+	if v.IPv4CIDR.IsValid() {
+		v4s = v.IPv4CIDR.String()
+	}
+	v4, err := ipam.ParseIPv4(v4s)
+	if err != nil {
+		return fmt.Errorf("%w: %v", domain.ErrInvalid, err)
+	}
+	v6 := v.IPv6CIDR
+	if !v6.IsValid() {
+		if v6, err = ipam.GenerateULA(rand.Reader); err != nil {
+			return err
+		}
+	} else if v6, err = ipam.ParseIPv6(v6.String(), v4); err != nil {
+		return fmt.Errorf("%w: %v", domain.ErrInvalid, err)
+	}
+	v.IPv4CIDR, v.IPv6CIDR = v4, v6
+	tid, err := cvlans.bindTenant(tx, v)
+	if err != nil {
+		return err
+	}
+	t, err := tenants.getBy(ctx, tx, tid, false, eq("id", tid))
+	if err != nil {
+		return err
+	}
+	if t.Settings.MaxCvlans > 0 {
+		// Lock the tenant so that concurrent creators count one after another.
+		if _, err := tenants.getBy(ctx, tx, tid, true, eq("id", tid)); err != nil {
+			return err
+		}
+		n, _, err := tx.queryInt64(ctx, "SELECT count(*) FROM cvlans WHERE tenant_id = ?", tid)
+		if err != nil {
+			return fmt.Errorf("count cvlans: %w", err)
+		}
+		if n >= int64(t.Settings.MaxCvlans) {
+			return fmt.Errorf("tenant %s has %d of %d cvlans: %w", tid, n, t.Settings.MaxCvlans, domain.ErrExhausted)
+		}
+	}
+	return cvlans.insert(ctx, tx, v)
+}
+
+// UpdateCvlan implements store.Tx.
+func (tx *Tx) UpdateCvlan(ctx context.Context, v *domain.Cvlan) error {
+	return cvlans.update(ctx, tx, v)
+}
+
+// DeleteCvlan implements store.Tx.
+func (tx *Tx) DeleteCvlan(ctx context.Context, id string, version int64, force bool) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	cv, err := cvlans.get(ctx, tx, id)
+	if err != nil {
+		return err
+	}
+	if version != 0 && version != cv.Version {
+		return fmt.Errorf("delete cvlan %s: have version %d, stored %d: %w", id, version, cv.Version, domain.ErrConflict)
+	}
+	ids, err := tx.nodeIDs(ctx, id)
+	if err != nil {
+		return err
+	}
+	if len(ids) > 0 && !force {
+		return fmt.Errorf("delete cvlan %s: it still has %d nodes: %w", id, len(ids), domain.ErrFailedPrecondition)
+	}
+	for _, nid := range ids {
+		if err := nodes.remove(ctx, tx, nid, 0); err != nil {
+			return err
+		}
+	}
+	return cvlans.remove(ctx, tx, id, cv.Version)
+}
+
+func (tx *Tx) nodeIDs(ctx context.Context, cvlanID string) ([]string, error) {
+	rows, err := tx.query(ctx, "SELECT id FROM nodes WHERE cvlan_id = ?", cvlanID)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes of cvlan: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// CvlanUsage implements store.Tx.
+func (tx *Tx) CvlanUsage(ctx context.Context, id string) (store.CvlanUsage, error) {
+	cv, err := cvlans.get(ctx, tx, id)
+	if err != nil {
+		return store.CvlanUsage{}, err
+	}
+	var u store.CvlanUsage
+	if u.Nodes, _, err = tx.queryInt64(ctx, "SELECT count(*) FROM nodes WHERE cvlan_id = ?", id); err != nil {
+		return u, fmt.Errorf("count nodes: %w", err)
+	}
+	if u.Online, _, err = tx.queryInt64(ctx, "SELECT count(*) FROM nodes WHERE cvlan_id = ? AND status = ?", id, string(domain.NodeOnline)); err != nil {
+		return u, fmt.Errorf("count nodes: %w", err)
+	}
+	u.IPv4Available = ipam.Usable(cv.IPv4CIDR) - u.Nodes
+	return u, nil
+}
+
+// GetNode implements store.Tx.
+func (tx *Tx) GetNode(ctx context.Context, id string) (*domain.Node, error) {
+	return nodes.get(ctx, tx, id)
+}
+
+// ListNodes implements store.Tx.
+func (tx *Tx) ListNodes(ctx context.Context, f store.NodeFilter, o store.ListOptions) (*store.Page[domain.Node], error) {
+	var c []cond
+	if f.CvlanID != "" {
+		c = append(c, eq("cvlan_id", f.CvlanID))
+	}
+	if f.Tag != "" {
+		c = append(c, cond{tx.d.ArrayHas("data", "tags", "?"), []any{f.Tag}})
+	}
+	if f.Status != "" {
+		c = append(c, eq("status", string(f.Status)))
+	}
+	if f.SyncState != "" {
+		c = append(c, eq("sync_state", string(f.SyncState)))
+	}
+	if f.NamePrefix != "" {
+		c = append(c, prefixCond("name", f.NamePrefix))
+	}
+	if f.Kind != "" {
+		c = append(c, eq("kind", string(f.Kind)))
+	}
+	if f.UserID != "" {
+		c = append(c, eq("user_id", f.UserID))
+	}
+	if f.PendingRouteApproval {
+		c = append(c, eq("pending_routes", true))
+	}
+	if f.WireGuardPublicKey != "" {
+		c = append(c, eq("wg_key", f.WireGuardPublicKey))
+	}
+	if f.Ephemeral != nil {
+		c = append(c, eq("ephemeral", *f.Ephemeral))
+	}
+	if !f.LastSeenBefore.IsZero() {
+		c = append(c, cond{"last_seen < ?", []any{micros(f.LastSeenBefore)}})
+	}
+	return nodes.list(ctx, tx, c, o)
+}
+
+// allocBatch is how many taken addresses one allocator query reads.
+const allocBatch = 256
+
+// CreateNode implements store.Tx.
+func (tx *Tx) CreateNode(ctx context.Context, v *domain.Node) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	if v.Name == "" {
+		return fmt.Errorf("%w: node name is required", domain.ErrInvalid)
+	}
+	if v.Kind == "" {
+		v.Kind = domain.NodeKindNode
+	}
+	if v.Status == "" {
+		v.Status = domain.NodePending
+	}
+	tid, err := nodes.bindTenant(tx, v)
+	if err != nil {
+		return err
+	}
+	// Lock order everywhere: tenant row, then cvlan row.
+	t, err := tenants.getBy(ctx, tx, tid, false, eq("id", tid))
+	if err != nil {
+		return err
+	}
+	if t.MaxNodes > 0 {
+		if _, err := tenants.getBy(ctx, tx, tid, true, eq("id", tid)); err != nil {
+			return err
+		}
+		n, _, err := tx.queryInt64(ctx, "SELECT count(*) FROM nodes WHERE tenant_id = ?", tid)
+		if err != nil {
+			return fmt.Errorf("count nodes: %w", err)
+		}
+		if n >= int64(t.MaxNodes) {
+			return fmt.Errorf("tenant %s has %d of %d nodes: %w", tid, n, t.MaxNodes, domain.ErrExhausted)
+		}
+	}
+	if v.CvlanID == "" {
+		if v.Kind != domain.NodeKindRelay {
+			return fmt.Errorf("%w: a %s node needs a cvlan", domain.ErrInvalid, v.Kind)
+		}
+		v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
+		return nodes.insert(ctx, tx, v)
+	}
+	cv, hint, err := tx.lockCvlan(ctx, tid, v.CvlanID)
+	if err != nil {
+		return err
+	}
+	first, last := ipam.UsableRange(cv.IPv4CIDR)
+	var idx int64
+	if v.IPv4Address.IsValid() {
+		idx, err = ipam.Index(cv.IPv4CIDR, v.IPv4Address)
+		if err != nil || idx < first || idx > last || !v.IPv4Address.Is4() {
+			return fmt.Errorf("%w: %s is not a usable address of %s", domain.ErrInvalid, v.IPv4Address, cv.IPv4CIDR)
+		}
+	} else {
+		if idx, err = tx.allocate(ctx, cv, first, last, hint); err != nil {
+			return err
+		}
+		if _, err := tx.exec(ctx, "UPDATE cvlans SET ipv4_next = ? WHERE id = ?", idx+1, cv.ID); err != nil {
+			return fmt.Errorf("advance allocator: %w", err)
+		}
+	}
+	if v.IPv4Address, err = ipam.Nth(cv.IPv4CIDR, idx); err != nil {
+		return err
+	}
+	if v.IPv6Address, err = ipam.Nth(cv.IPv6CIDR, idx); err != nil {
+		return err
+	}
+	return nodes.insert(ctx, tx, v)
+}
+
+// lockCvlan reads the cvlan and its allocator hint, locking the row (PostgreSQL; SQLite has one
+// writer) so that allocation in one cvlan is serialised across transactions and processes.
+func (tx *Tx) lockCvlan(ctx context.Context, tenantID, id string) (*domain.Cvlan, int64, error) {
+	w, args := where([]cond{eq("id", id), eq("tenant_id", tenantID)})
+	rows, err := tx.query(ctx, "SELECT "+metaCols+", ipv4_next FROM cvlans"+w+tx.d.ForUpdate, args...)
+	if err != nil {
+		return nil, 0, fmt.Errorf("lock cvlan: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return nil, 0, fmt.Errorf("lock cvlan: %w", err)
+		}
+		return nil, 0, fmt.Errorf("cvlan %s: %w", id, domain.ErrNotFound)
+	}
+	var (
+		cid             string
+		version, ct, ut int64
+		data            []byte
+		hint            int64
+	)
+	if err := rows.Scan(&cid, &version, &ct, &ut, &data, &hint); err != nil {
+		return nil, 0, fmt.Errorf("lock cvlan: %w", err)
+	}
+	cv := &domain.Cvlan{}
+	if err := jsonUnmarshal(data, cv); err != nil {
+		return nil, 0, err
+	}
+	cv.ID, cv.Version = cid, version
+	return cv, hint, rows.Err()
+}
+
+// allocate finds the first free usable index at or after hint, wrapping around once, so that
+// addresses of deleted nodes are reused only after the rest of the pool (fewer stale references
+// to a recycled address). It reads taken addresses in batches along the (cvlan_id, ipv4) index.
+func (tx *Tx) allocate(ctx context.Context, cv *domain.Cvlan, first, last, hint int64) (int64, error) {
+	base := addrValue(cv.IPv4CIDR.Addr()).(int64)
+	start := hint
+	if start < first || start > last {
+		start = first
+	}
+	scan := func(from, to int64) (int64, bool, error) {
+		cur := from
+		for cur <= to {
+			taken, err := tx.takenAddrs(ctx, cv.ID, base+cur, base+to)
+			if err != nil {
+				return 0, false, err
+			}
+			for _, a := range taken {
+				if a-base != cur {
+					return cur, true, nil
+				}
+				cur++
+			}
+			if len(taken) < allocBatch {
+				return cur, cur <= to, nil
+			}
+		}
+		return 0, false, nil
+	}
+	if idx, ok, err := scan(start, last); err != nil || ok {
+		return idx, err
+	}
+	if idx, ok, err := scan(first, start-1); err != nil || ok {
+		return idx, err
+	}
+	return 0, fmt.Errorf("cvlan %s: all %d addresses of %s are in use: %w", cv.ID, ipam.Usable(cv.IPv4CIDR), cv.IPv4CIDR, domain.ErrExhausted)
+}
+
+func (tx *Tx) takenAddrs(ctx context.Context, cvlanID string, from, to int64) ([]int64, error) {
+	rows, err := tx.query(ctx, "SELECT ipv4 FROM nodes WHERE cvlan_id = ? AND ipv4 >= ? AND ipv4 <= ? ORDER BY ipv4 LIMIT ?",
+		cvlanID, from, to, allocBatch)
+	if err != nil {
+		return nil, fmt.Errorf("read taken addresses: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var a int64
+		if err := rows.Scan(&a); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// UpdateNode implements store.Tx.
+func (tx *Tx) UpdateNode(ctx context.Context, v *domain.Node) error { return nodes.update(ctx, tx, v) }
+
+// DeleteNode implements store.Tx.
+func (tx *Tx) DeleteNode(ctx context.Context, id string, version int64) error {
+	return nodes.remove(ctx, tx, id, version)
+}

@@ -1,0 +1,287 @@
+package sqlcore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// entity is a pointer to a resource type embedding domain.Meta.
+type entity[T any] interface {
+	*T
+	GetMeta() *domain.Meta
+}
+
+// table describes how one resource type maps to its table.
+type table[T any, P entity[T]] struct {
+	name string // table name
+	kind string // resource type (domain.Resource*)
+	// tenant returns the entity's tenant id field; nil for the tenants table itself.
+	tenant func(P) *string
+	// byName lists by (name, id); otherwise by id (creation order).
+	byName bool
+	// feed records change events for the network-map change feed.
+	feed bool
+	// cols are the extra columns, in the order vals returns their values ("name" first when
+	// byName).
+	cols []string
+	vals func(P) []any
+	// keep copies immutable fields from the stored entity onto an update.
+	keep func(old, upd P)
+}
+
+const metaCols = "id, version, create_time, update_time, data"
+
+// scopeConds limits a query to the transaction's tenant.
+func (t *table[T, P]) scopeConds(tx *Tx) []cond {
+	if tx.scope.All {
+		return nil
+	}
+	if t.tenant == nil {
+		return []cond{{"id = ?", []any{tx.scope.TenantID}}}
+	}
+	return []cond{{"tenant_id = ?", []any{tx.scope.TenantID}}}
+}
+
+func (t *table[T, P]) scan(rows Rows) (P, error) {
+	var (
+		id              string
+		version, ct, ut int64
+		data            []byte
+	)
+	if err := rows.Scan(&id, &version, &ct, &ut, &data); err != nil {
+		return nil, fmt.Errorf("scan %s: %w", t.name, err)
+	}
+	p := P(new(T))
+	if err := json.Unmarshal(data, p); err != nil {
+		return nil, fmt.Errorf("decode %s %s: %w", t.kind, id, err)
+	}
+	m := p.GetMeta()
+	m.ID, m.Version, m.CreateTime, m.UpdateTime = id, version, fromMicros(ct), fromMicros(ut)
+	return p, nil
+}
+
+// selectAll runs a SELECT of entities with the given conditions and suffix (ORDER BY...).
+func (t *table[T, P]) selectAll(ctx context.Context, tx *Tx, conds []cond, suffix string, extra ...any) ([]P, error) {
+	w, args := where(append(t.scopeConds(tx), conds...))
+	rows, err := tx.query(ctx, "SELECT "+metaCols+" FROM "+t.name+w+suffix, append(args, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("query %s: %w", t.name, err)
+	}
+	defer rows.Close()
+	var out []P
+	for rows.Next() {
+		p, err := t.scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("query %s: %w", t.name, err)
+	}
+	return out, nil
+}
+
+// getBy returns the one entity matching conds, or ErrNotFound.
+func (t *table[T, P]) getBy(ctx context.Context, tx *Tx, what string, lock bool, conds ...cond) (P, error) {
+	suffix := ""
+	if lock && !tx.readOnly {
+		suffix = tx.d.ForUpdate
+	}
+	out, err := t.selectAll(ctx, tx, conds, suffix)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s %s: %w", t.kind, what, domain.ErrNotFound)
+	}
+	return out[0], nil
+}
+
+func (t *table[T, P]) get(ctx context.Context, tx *Tx, id string) (P, error) {
+	return t.getBy(ctx, tx, id, false, cond{"id = ?", []any{id}})
+}
+
+func (t *table[T, P]) list(ctx context.Context, tx *Tx, conds []cond, o store.ListOptions) (*store.Page[T], error) {
+	tok, err := decodeToken(o.PageToken)
+	if err != nil {
+		return nil, err
+	}
+	n := pageSize(o)
+	page := &store.Page[T]{}
+	if o.WithTotal {
+		w, args := where(append(t.scopeConds(tx), conds...))
+		total, _, err := tx.queryInt64(ctx, "SELECT count(*) FROM "+t.name+w, args...)
+		if err != nil {
+			return nil, fmt.Errorf("count %s: %w", t.name, err)
+		}
+		page.TotalSize = int(total)
+	}
+	order := " ORDER BY id"
+	if t.byName {
+		order = " ORDER BY name, id"
+	}
+	if tok != nil {
+		if t.byName {
+			conds = append(conds, cond{"name > ? OR (name = ? AND id > ?)", []any{tok.Name, tok.Name, tok.ID}})
+		} else {
+			conds = append(conds, cond{"id > ?", []any{tok.ID}})
+		}
+	}
+	items, err := t.selectAll(ctx, tx, conds, order+" LIMIT ?", n+1)
+	if err != nil {
+		return nil, err
+	}
+	if len(items) > n {
+		items = items[:n]
+		last := items[n-1]
+		next := pageToken{ID: last.GetMeta().ID}
+		if t.byName {
+			next.Name = fmt.Sprint(t.vals(last)[0])
+		}
+		page.NextPageToken = encodeToken(next)
+	}
+	page.Items = make([]*T, len(items))
+	for i, p := range items {
+		page.Items[i] = (*T)(p)
+	}
+	return page, nil
+}
+
+// bindTenant applies the transaction's scope to a new entity's tenant.
+func (t *table[T, P]) bindTenant(tx *Tx, p P) (string, error) {
+	if t.tenant == nil {
+		if !tx.scope.All {
+			return "", fmt.Errorf("%w: creating a tenant needs the all-tenants scope", domain.ErrInvalid)
+		}
+		return p.GetMeta().ID, nil
+	}
+	tid := t.tenant(p)
+	switch {
+	case tx.scope.All && *tid == "":
+		return "", fmt.Errorf("%w: %s without tenant", domain.ErrInvalid, t.kind)
+	case !tx.scope.All && *tid == "":
+		*tid = tx.scope.TenantID
+	case !tx.scope.All && *tid != tx.scope.TenantID:
+		return "", fmt.Errorf("tenant %s: %w", *tid, domain.ErrNotFound)
+	}
+	return *tid, nil
+}
+
+func (t *table[T, P]) insert(ctx context.Context, tx *Tx, p P) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	m := p.GetMeta()
+	now := tx.Now()
+	m.ID, m.CreateTime, m.UpdateTime, m.Version = NewID(), now, now, 1
+	tid, err := t.bindTenant(tx, p)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.kind, err)
+	}
+	cols := []string{"id", "version", "create_time", "update_time", "data"}
+	args := []any{m.ID, m.Version, micros(m.CreateTime), micros(m.UpdateTime), string(data)}
+	if t.tenant != nil {
+		cols = append(cols, "tenant_id")
+		args = append(args, tid)
+	}
+	cols = append(cols, t.cols...)
+	args = append(args, t.vals(p)...)
+	q := "INSERT INTO " + t.name + " (" + strings.Join(cols, ", ") + ") VALUES (" +
+		strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
+	if _, err := tx.exec(ctx, q, args...); err != nil {
+		return tx.classify(err, "create "+t.kind)
+	}
+	if t.feed {
+		tx.record(tid, t.kind, m.ID, domain.OpCreate, m.Version)
+	}
+	return nil
+}
+
+func (t *table[T, P]) update(ctx context.Context, tx *Tx, p P) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	m := p.GetMeta()
+	old, err := t.get(ctx, tx, m.ID)
+	if err != nil {
+		return err
+	}
+	om := old.GetMeta()
+	if m.Version != 0 && m.Version != om.Version {
+		return fmt.Errorf("update %s %s: have version %d, stored %d: %w", t.kind, m.ID, m.Version, om.Version, domain.ErrConflict)
+	}
+	if t.tenant != nil {
+		*t.tenant(p) = *t.tenant(old)
+	}
+	if t.keep != nil {
+		t.keep(old, p)
+	}
+	m.CreateTime, m.UpdateTime, m.Version = om.CreateTime, tx.Now(), om.Version+1
+	data, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.kind, err)
+	}
+	sets := []string{"version = ?", "update_time = ?", "data = ?"}
+	args := []any{m.Version, micros(m.UpdateTime), string(data)}
+	for _, c := range t.cols {
+		sets = append(sets, c+" = ?")
+	}
+	args = append(args, t.vals(p)...)
+	w, wargs := where(append(t.scopeConds(tx), cond{"id = ? AND version = ?", []any{m.ID, om.Version}}))
+	n, err := tx.exec(ctx, "UPDATE "+t.name+" SET "+strings.Join(sets, ", ")+w, append(args, wargs...)...)
+	if err != nil {
+		return tx.classify(err, "update "+t.kind)
+	}
+	if n == 0 {
+		// Changed (or deleted) by a concurrent transaction since we read it.
+		return fmt.Errorf("update %s %s: changed concurrently: %w", t.kind, m.ID, domain.ErrConflict)
+	}
+	if t.feed {
+		tid := m.ID
+		if t.tenant != nil {
+			tid = *t.tenant(p)
+		}
+		tx.record(tid, t.kind, m.ID, domain.OpUpdate, m.Version)
+	}
+	return nil
+}
+
+func (t *table[T, P]) remove(ctx context.Context, tx *Tx, id string, version int64) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	old, err := t.get(ctx, tx, id)
+	if err != nil {
+		return err
+	}
+	om := old.GetMeta()
+	if version != 0 && version != om.Version {
+		return fmt.Errorf("delete %s %s: have version %d, stored %d: %w", t.kind, id, version, om.Version, domain.ErrConflict)
+	}
+	w, args := where(append(t.scopeConds(tx), cond{"id = ? AND version = ?", []any{id, om.Version}}))
+	n, err := tx.exec(ctx, "DELETE FROM "+t.name+w, args...)
+	if err != nil {
+		return tx.classify(err, "delete "+t.kind)
+	}
+	if n == 0 {
+		return fmt.Errorf("delete %s %s: changed concurrently: %w", t.kind, id, domain.ErrConflict)
+	}
+	if t.feed {
+		tid := id
+		if t.tenant != nil {
+			tid = *t.tenant(old)
+		}
+		tx.record(tid, t.kind, id, domain.OpDelete, 0)
+	}
+	return nil
+}

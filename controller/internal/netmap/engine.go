@@ -309,19 +309,20 @@ type batch struct {
 // draft is a delta being built; owned is false while its Change is shared with
 // other nodes and must be copied before it is modified.
 type draft struct {
-	d     *Delta
+	d     Delta // in the draft, so a fan-out allocates once per node
 	owned bool
 }
 
-func (nw *network) newBatch() *batch {
-	return &batch{nw: nw, drafts: make(map[string]*draft), srcs: policy.NewSourceCache()}
+// newBatch starts a batch; hint is the expected number of affected nodes.
+func (nw *network) newBatch(hint int) *batch {
+	return &batch{nw: nw, drafts: make(map[string]*draft, hint), order: make([]*draft, 0, hint), srcs: policy.NewSourceCache()}
 }
 
 // mut returns a Change of the node's own, to modify.
 func (b *batch) mut(id string) *Change {
 	dr := b.drafts[id]
 	if dr == nil {
-		dr = &draft{d: &Delta{NodeID: id, Change: &Change{}}, owned: true}
+		dr = &draft{d: Delta{NodeID: id, Change: &Change{}}, owned: true}
 		b.drafts[id] = dr
 		b.order = append(b.order, dr)
 	} else if !dr.owned {
@@ -337,7 +338,7 @@ func (b *batch) share(id string, c *Change) {
 		b.mut(id).merge(c)
 		return
 	}
-	dr := &draft{d: &Delta{NodeID: id, Change: c}}
+	dr := &draft{d: Delta{NodeID: id, Change: c}}
 	b.drafts[id] = dr
 	b.order = append(b.order, dr)
 }
@@ -382,7 +383,7 @@ func (b *batch) refreshFilter(st *nodeState) {
 func (b *batch) commit() []*Delta {
 	out := make([]*Delta, 0, len(b.order))
 	for _, dr := range b.order {
-		d := dr.d
+		d := &dr.d
 		st := b.nw.nodes[d.NodeID]
 		if st == nil {
 			continue
@@ -411,13 +412,13 @@ func (e *Engine) UpsertNode(id NetworkID, n Node) ([]*Delta, error) {
 }
 
 func (nw *network) upsert(e *Engine, n Node) []*Delta {
-	b := nw.newBatch()
 	newAttrs := attrsOf(&n)
 	newPeer := nw.peerOf(&n)
 	rec, hasRec := nw.record(&n)
 	st, exists := nw.nodes[n.ID]
 	if !exists {
 		peers := nw.pol.Peers(nw.dir, newAttrs)
+		b := nw.newBatch(len(peers))
 		nw.dir.Put(newAttrs)
 		st = &nodeState{node: n, peer: newPeer, epoch: e.newEpoch(), version: 1}
 		nw.nodes[n.ID] = st
@@ -440,6 +441,7 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 		return b.commit()
 	}
 
+	b := nw.newBatch(0)
 	old := st.node
 	oldAttrs := attrsOf(&old)
 	oldFQDN := nw.fqdn(old.Name)
@@ -593,7 +595,7 @@ func (e *Engine) RemoveNode(id NetworkID, nodeID string) ([]*Delta, error) {
 	if k := nameKey(st.node.Name); k != "" {
 		delete(nw.names, k)
 	}
-	b := nw.newBatch()
+	b := nw.newBatch(len(peers))
 	left := &Change{PeersRemoved: []PeerRef{{NodeID: nodeID, Key: st.node.Key}}}
 	if f := nw.fqdn(st.node.Name); f != "" {
 		left.DNSRemoved = []string{f}
@@ -622,7 +624,7 @@ func (e *Engine) SetPolicies(id NetworkID, policies []policy.Policy) ([]*Delta, 
 	old := nw.pol
 	nw.dir.Track(c.CIDRs())
 	affected := policy.Affected(nw.dir, old, c)
-	b := nw.newBatch()
+	b := nw.newBatch(len(affected))
 	type diff struct{ added, removed []string }
 	diffs := make([]diff, len(affected))
 	for i, nid := range affected {
@@ -652,7 +654,7 @@ func (e *Engine) SetRelayMap(id NetworkID, rm RelayMap) []*Delta {
 		return nil
 	}
 	nw.relay = cloneRelayMap(&rm)
-	b := nw.newBatch()
+	b := nw.newBatch(len(nw.nodes))
 	c := &Change{RelayMap: nw.relay}
 	for nid := range nw.nodes {
 		b.share(nid, c)

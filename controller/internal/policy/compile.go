@@ -23,6 +23,10 @@ type Compiled struct {
 }
 
 type compiledRule struct {
+	// policyID and index locate the rule's source, for Check; they are not part
+	// of key, so moving a rule changes nothing downstream.
+	policyID string
+	index    int
 	key      string
 	action   Action
 	priority int
@@ -60,8 +64,10 @@ func Compile(policies []Policy, cvlanID string) (*Compiled, error) {
 		if !p.Enabled || (p.CvlanID != "" && p.CvlanID != cvlanID) {
 			continue
 		}
-		for _, r := range p.Rules {
+		for ri, r := range p.Rules {
 			cr := compiledRule{
+				policyID: p.ID,
+				index:    ri,
 				action:   r.Action,
 				priority: p.Priority,
 				srcs:     canonTargets(r.Sources),

@@ -98,3 +98,25 @@ func rangesWithin(a, b []PortRange) bool {
 	}
 	return true
 }
+
+// contains reports whether one packet (protocol, destination port) is covered;
+// ProtoAny stands for a protocol other than TCP, UDP and ICMP.
+func (c coverage) contains(proto Protocol, port uint16) bool {
+	in := func(rs []PortRange) bool {
+		for _, r := range rs {
+			if port >= r.First && port <= r.Last {
+				return true
+			}
+		}
+		return false
+	}
+	switch proto {
+	case ProtoTCP:
+		return in(c.tcp)
+	case ProtoUDP:
+		return in(c.udp)
+	case ProtoICMP:
+		return c.icmp
+	}
+	return c.other
+}

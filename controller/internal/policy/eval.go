@@ -490,3 +490,32 @@ func Affected(d *Directory, old, new *Compiled) []string {
 	}
 	return d.ids(out)
 }
+
+// Verdict is the decision for one packet, as the UI's dry-run shows it.
+type Verdict struct {
+	Allowed bool
+	// PolicyID and Rule (index in Policy.Rules) name the deciding rule: the
+	// first matching Deny, else the first matching Allow, in compiled order.
+	// Rule is -1 when no rule matched (deny by default).
+	PolicyID string
+	Rule     int
+}
+
+// Check decides a packet from node src to node dst. proto is the packet's
+// protocol: TCP or UDP (with port), ICMP, or ProtoAny standing for any other IP
+// protocol (GRE, ESP...). It evaluates the same rules as Peers and Filter.
+func (c *Compiled) Check(src, dst NodeAttrs, proto Protocol, port uint16) Verdict {
+	v := Verdict{Rule: -1}
+	if c == nil {
+		return v
+	}
+	for _, i := range c.matchRules(&src, c.bySrc) {
+		r := &c.rules[i]
+		if !matchesAny(&dst, r.dsts) || !r.cov.contains(proto, port) {
+			continue
+		}
+		// Denies sort first, so the first match decides.
+		return Verdict{Allowed: r.action == ActionAllow, PolicyID: r.policyID, Rule: r.index}
+	}
+	return v
+}

@@ -260,3 +260,49 @@ func TestValidate(t *testing.T) {
 		}
 	})
 }
+
+func TestCheck(t *testing.T) {
+	nodes := fixture()
+	get := func(id string) NodeAttrs {
+		for _, n := range nodes {
+			if n.ID == id {
+				return n
+			}
+		}
+		t.Fatalf("no node %s", id)
+		return NodeAttrs{}
+	}
+	ps := []Policy{
+		{ID: "web-db", Enabled: true, Priority: 1, Rules: []Rule{
+			allow(ts(Tag("web")), ts(Tag("db")), ProtoTCP, PortRange{5432, 5432}),
+			allow(ts(Group("eng")), ts(Any()), ProtoICMP)}},
+		{ID: "no-ssh", Enabled: true, Priority: 50, Rules: []Rule{deny(ts(Any()), ts(Tag("db")), ProtoTCP, PortRange{22, 22})}},
+		{ID: "admin", Enabled: true, Priority: 0, Rules: []Rule{allow(ts(User("dave")), ts(Any()), ProtoAny)}},
+	}
+	c, err := Compile(ps, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		src, dst string
+		proto    Protocol
+		port     uint16
+		want     Verdict
+	}{
+		{"web1", "db1", ProtoTCP, 5432, Verdict{Allowed: true, PolicyID: "web-db", Rule: 0}},
+		{"web1", "db1", ProtoTCP, 5433, Verdict{Rule: -1}},
+		{"web1", "db1", ProtoUDP, 5432, Verdict{Rule: -1}},
+		{"db1", "web1", ProtoTCP, 5432, Verdict{Rule: -1}},
+		{"lap", "gw", ProtoICMP, 0, Verdict{Allowed: true, PolicyID: "web-db", Rule: 1}},
+		{"ops", "db1", ProtoTCP, 22, Verdict{Allowed: false, PolicyID: "no-ssh", Rule: 0}},
+		{"ops", "db1", ProtoAny, 0, Verdict{Allowed: true, PolicyID: "admin", Rule: 0}},
+		{"ops", "db1", ProtoTCP, 23, Verdict{Allowed: true, PolicyID: "admin", Rule: 0}},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s->%s/%v/%d", tt.src, tt.dst, tt.proto, tt.port), func(t *testing.T) {
+			if got := c.Check(get(tt.src), get(tt.dst), tt.proto, tt.port); got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}

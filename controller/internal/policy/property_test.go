@@ -279,6 +279,28 @@ func TestPropertyAgainstReference(t *testing.T) {
 			}
 		}
 
+		// Check agrees with the reference, packet by packet, on sampled pairs.
+		rules0 := activeRules(ps0)
+		for range 20 {
+			a, b := nodes[r.IntN(nodeCount)], nodes[r.IntN(nodeCount)]
+			for _, pt := range refPoints(rules0) {
+				allowed, denied := false, false
+				for _, ru := range rules0 {
+					if refMatch(a, ru.Sources) && refMatch(b, ru.Destinations) && refRuleMatchesPoint(ru, pt) {
+						allowed = allowed || ru.Action == ActionAllow
+						denied = denied || ru.Action == ActionDeny
+					}
+				}
+				proto := pt.proto
+				if proto == 99 {
+					proto = ProtoAny
+				}
+				if got := c0.Check(a, b, proto, pt.port); got.Allowed != (allowed && !denied) {
+					t.Fatalf("%s\nCheck(%s, %s, %v, %d) = %+v, want allowed=%v", ctx(), a.ID, b.ID, proto, pt.port, got, allowed && !denied)
+				}
+			}
+		}
+
 		// A node changes: PeerDiff and FilterDependents cover what changed.
 		i := r.IntN(nodeCount)
 		old, upd := nodes[i], randNode(r, i)

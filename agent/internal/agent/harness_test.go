@@ -149,8 +149,8 @@ func (c *testController) mapFor(n *ctlNode) *nodev1.NetworkMap {
 	m := &nodev1.NetworkMap{
 		Self:         &nodev1.NodeSelf{NodeId: n.id, TenantId: "t1", CvlanId: "c1", Name: n.name, Fqdn: n.name + "." + testDomain, Addresses: []string{n.v4.String() + "/10", n.v6.String() + "/64"}},
 		PacketFilter: &nodev1.PacketFilter{},
-		Dns: &nodev1.DnsConfig{Domain: testDomain, ExtraRecords: []*nodev1.DnsRecord{{Name: "db." + testDomain, Addresses: []string{"100.64.9.9"}}}},
-		RelayMap: c.relayMap,
+		Dns:          &nodev1.DnsConfig{Domain: testDomain, ExtraRecords: []*nodev1.DnsRecord{{Name: "db." + testDomain, Addresses: []string{"100.64.9.9"}}}},
+		RelayMap:     c.relayMap,
 	}
 	for _, id := range c.order {
 		p := c.nodes[id]

@@ -388,6 +388,7 @@ func (b *batch) commit() []*Delta {
 		if st == nil {
 			continue
 		}
+		d.BaseVersion = st.version
 		st.version++
 		d.Version = st.version
 		d.Epoch = st.epoch

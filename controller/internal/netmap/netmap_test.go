@@ -298,6 +298,10 @@ type randomWorld struct {
 	e     *Engine
 	views map[string]View
 	vers  map[string]uint64
+	// lagging agents catch up now and then through DeltasSince and Merge.
+	lag       map[string]Snapshot
+	resumes   int
+	snapshots int
 }
 
 var (
@@ -392,7 +396,7 @@ func (w *randomWorld) apply(step int, what string, ds []*Delta, err error) {
 		if !ok {
 			t.Fatalf("step %d %s: delta for %s which has no snapshot", step, what, d.NodeID)
 		}
-		if d.Version != w.vers[d.NodeID]+1 {
+		if d.Version != w.vers[d.NodeID]+1 || d.BaseVersion != w.vers[d.NodeID] {
 			t.Fatalf("step %d %s: %s delta version %d after %d", step, what, d.NodeID, d.Version, w.vers[d.NodeID])
 		}
 		before := canon(v)
@@ -404,6 +408,40 @@ func (w *randomWorld) apply(step int, what string, ds []*Delta, err error) {
 		}
 		w.views[d.NodeID] = v
 		w.vers[d.NodeID] = d.Version
+	}
+}
+
+// catchUp brings every lagging agent to the current version with one merged
+// delta, or a snapshot when the history no longer reaches back.
+func (w *randomWorld) catchUp(step int) {
+	for id := range w.views {
+		cur := mustSnap(w.t, w.e, id)
+		l, ok := w.lag[id]
+		if ok && l.Epoch == cur.Epoch {
+			ds, err := w.e.DeltasSince(net1, id, l.Epoch, l.Version)
+			switch {
+			case err == nil:
+				if m := Merge(ds); m != nil {
+					if m.BaseVersion != l.Version || m.Version != cur.Version {
+						w.t.Fatalf("step %d: merged delta %d->%d for %s at %d, current %d", step, m.BaseVersion, m.Version, id, l.Version, cur.Version)
+					}
+					l.View.Peers = slices.Clone(l.View.Peers)
+					l.View.DNS = slices.Clone(l.View.DNS)
+					l.View.Apply(m)
+					l.Version = m.Version
+				}
+				if canon(l.View) != canon(cur.View) {
+					w.t.Fatalf("step %d: merged catch-up of %s drifted\nagent:\n%s\nengine:\n%s", step, id, canon(l.View), canon(cur.View))
+				}
+				w.resumes++
+				w.lag[id] = l
+				continue
+			case !errors.Is(err, ErrTooOld):
+				w.t.Fatalf("step %d: DeltasSince %s: %v", step, id, err)
+			}
+		}
+		w.snapshots++
+		w.lag[id] = cur
 	}
 }
 
@@ -427,8 +465,8 @@ func TestDeltasReproduceSnapshots(t *testing.T) {
 	const seeds, steps, maxNodes = 8, 120, 16
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			w := &randomWorld{t: t, r: rand.New(rand.NewPCG(seed, 99)), e: New(Options{}),
-				views: map[string]View{}, vers: map[string]uint64{}}
+			w := &randomWorld{t: t, r: rand.New(rand.NewPCG(seed, 99)), e: New(Options{History: 6}),
+				views: map[string]View{}, vers: map[string]uint64{}, lag: map[string]Snapshot{}}
 			w.e.SetNetworkConfig(net1, NetworkConfig{CvlanName: "cv", Domain: "mesh.test"})
 			for step := range steps {
 				var what string
@@ -464,6 +502,12 @@ func TestDeltasReproduceSnapshots(t *testing.T) {
 				}
 				w.apply(step, what, ds, err)
 				w.check(step, what)
+				if step%(3+int(seed)) == 0 {
+					w.catchUp(step)
+				}
+			}
+			if w.resumes == 0 || w.snapshots == 0 {
+				t.Errorf("catch-up exercised %d resumes and %d snapshots, want both", w.resumes, w.snapshots)
 			}
 		})
 	}

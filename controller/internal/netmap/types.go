@@ -139,11 +139,13 @@ type Snapshot struct {
 	View    View
 }
 
-// Delta turns a node's view at Version-1 into its view at Version.
+// Delta turns a node's view at BaseVersion into its view at Version
+// (BaseVersion is Version-1 except for deltas built by Merge).
 type Delta struct {
-	NodeID  string
-	Epoch   uint64
-	Version uint64
+	NodeID      string
+	Epoch       uint64
+	BaseVersion uint64
+	Version     uint64
 	// Change is what changed. Nodes affected the same way by one change share one
 	// Change value (a join in an all-to-all network costs one Change, not N),
 	// which is why it must be treated as read-only.

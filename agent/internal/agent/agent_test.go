@@ -187,9 +187,21 @@ func TestRelayFallbackAndUpgrade(t *testing.T) {
 	serveEcho(t, b, addr4(b), 7)
 	serveEcho(t, a, addr4(a), 7)
 
+	// Once both know each other and hold a relay connection, the very first exchange must go through
+	// the relay: WireGuard retries a lost handshake only after 5 s, so finishing well before that shows
+	// the first handshake was carried by the relay rather than lost on the blocked direct path.
+	waitFor(t, 20*time.Second, "maps and relay connections", func() bool {
+		return a.Engine.RelayConnected() && b.Engine.RelayConnected() && len(a.Engine.Peers()) == 1 && len(b.Engine.Peers()) == 1
+	})
 	start := time.Now()
-	eventually(t, 20*time.Second, "alpha -> bravo through the relay", func() error { return tcpEcho(a, netip.AddrPortFrom(addr4(b), 7), 2*time.Second) })
-	t.Logf("first relayed exchange %v after start", time.Since(start).Round(time.Millisecond))
+	if err := tcpEcho(a, netip.AddrPortFrom(addr4(b), 7), 10*time.Second); err != nil {
+		t.Fatalf("alpha -> bravo through the relay: %v", err)
+	}
+	if took := time.Since(start); took > 4500*time.Millisecond {
+		t.Fatalf("first relayed exchange took %v: the first handshake was not carried by the relay", took)
+	} else {
+		t.Logf("first relayed exchange took %v", took.Round(time.Millisecond))
+	}
 	if p := peerPath(a, b); p.Direct || !p.Relayed {
 		t.Fatalf("alpha's path to bravo = %+v, want relayed", p)
 	}

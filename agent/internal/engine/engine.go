@@ -425,3 +425,11 @@ func (e *Engine) setListenPort(port uint16) error {
 
 // Addresses returns the node's overlay addresses.
 func (e *Engine) Addresses() []netip.Prefix { return e.cfg.Addresses }
+
+// RelayConnected reports whether the home relay connection is up.
+func (e *Engine) RelayConnected() bool {
+	e.mu.Lock()
+	rc := e.relay
+	e.mu.Unlock()
+	return rc != nil && rc.Connected()
+}

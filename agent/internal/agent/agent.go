@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"runtime"
@@ -18,8 +19,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
 	"github.com/cloudvlan/cloudvlan/agent/internal/controlclient"
 	"github.com/cloudvlan/cloudvlan/agent/internal/engine"
+	"github.com/cloudvlan/cloudvlan/agent/internal/proxy"
 	"github.com/cloudvlan/cloudvlan/agent/internal/state"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
@@ -47,6 +51,8 @@ type Options struct {
 	// DropDirect, DirectTimeout and ProbeInterval are passed to the transport (tests).
 	DropDirect                   func(netip.AddrPort) bool
 	DirectTimeout, ProbeInterval time.Duration
+	// SOCKS5Addr and HTTPProxyAddr, when set in netstack mode, serve proxies into the mesh (loopback).
+	SOCKS5Addr, HTTPProxyAddr string
 	// MinBackoff and MaxBackoff bound reconnects to the controller.
 	MinBackoff, MaxBackoff time.Duration
 	// Logger logs; nil uses slog.Default().
@@ -62,6 +68,49 @@ type Agent struct {
 	log        *slog.Logger
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
+	// SOCKS5 and HTTPProxy are the proxies' listen addresses (nil when not serving).
+	SOCKS5, HTTPProxy net.Addr
+}
+
+// netDialer adapts the netstack to the proxies.
+type netDialer struct{ n *netstack.Net }
+
+func (d netDialer) DialContextTCPAddrPort(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+	return d.n.DialContextTCPAddrPort(ctx, ap)
+}
+
+// startProxies listens on the configured addresses and serves until ctx ends.
+func (a *Agent) startProxies(ctx context.Context, o Options) error {
+	if o.SOCKS5Addr == "" && o.HTTPProxyAddr == "" {
+		return nil
+	}
+	if a.Engine.Net() == nil {
+		return errors.New("agent: the SOCKS5 and HTTP proxies need netstack mode (in TUN mode the host reaches the mesh directly)")
+	}
+	p := &proxy.Proxy{Dialer: netDialer{a.Engine.Net()}, Resolver: a.Engine.DNS(), Log: a.log.With("component", "proxy")}
+	for _, l := range []struct {
+		addr  string
+		dst   *net.Addr
+		serve func(context.Context, net.Listener) error
+	}{{o.SOCKS5Addr, &a.SOCKS5, p.ServeSOCKS5}, {o.HTTPProxyAddr, &a.HTTPProxy, p.ServeHTTP}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("agent: proxy listen %s: %w", l.addr, err)
+		}
+		*l.dst = ln.Addr()
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			if err := l.serve(ctx, ln); err != nil {
+				a.log.Error("proxy", "addr", ln.Addr().String(), "err", err)
+			}
+		}()
+		a.log.Info("proxy listening", "addr", ln.Addr().String())
+	}
+	return nil
 }
 
 // Start brings the node up. It returns once the data plane runs; the control stream connects in the
@@ -160,6 +209,10 @@ func Start(ctx context.Context, o Options) (*Agent, error) {
 	a.wg.Add(2)
 	go func() { defer a.wg.Done(); _ = a.Client.Run(runCtx) }()
 	go func() { defer a.wg.Done(); a.writeStatusLoop(runCtx) }()
+	if err := a.startProxies(runCtx, o); err != nil {
+		a.Close()
+		return nil, err
+	}
 	return a, nil
 }
 

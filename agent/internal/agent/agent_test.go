@@ -1,7 +1,12 @@
 package agent
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/url"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -10,6 +15,7 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
+	xproxy "golang.org/x/net/proxy"
 
 	"github.com/cloudvlan/cloudvlan/agent/internal/state"
 )
@@ -258,4 +264,80 @@ func TestStateDirPermissions(t *testing.T) {
 		t.Fatalf("cached map %v %v", nm, err)
 	}
 	_ = net.IPv4len
+}
+
+// TestProxies reaches a peer's services through the SOCKS5 and HTTP proxies of a netstack agent, by
+// mesh name and by address.
+func TestProxies(t *testing.T) {
+	m := newMesh(t, false)
+	dir := t.TempDir()
+	o := m.options(dir, "alpha", nil)
+	o.SOCKS5Addr, o.HTTPProxyAddr = "127.0.0.1:0", "127.0.0.1:0"
+	a, err := Start(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Close)
+	b := m.add("bravo", nil)
+	serveEcho(t, b, addr4(b), 7)
+	ln, err := b.Engine.Net().ListenTCPAddrPort(netip.AddrPortFrom(addr4(b), 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "hello from bravo %s", r.URL.Path) })}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	eventually(t, 20*time.Second, "alpha -> bravo", func() error { return tcpEcho(a, netip.AddrPortFrom(addr4(b), 7), 2*time.Second) })
+
+	// SOCKS5 with a mesh name (resolved by the agent's resolver).
+	sd, err := xproxy.SOCKS5("tcp", a.SOCKS5.String(), nil, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := sd.Dial("tcp", "bravo."+testDomain+":7")
+	if err != nil {
+		t.Fatalf("socks5 dial: %v", err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("via socks")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 9)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "via socks" {
+		t.Fatalf("socks5 echo %q %v", got, err)
+	}
+	c.Close()
+	if _, err := sd.Dial("tcp", "nobody."+testDomain+":7"); err == nil {
+		t.Fatal("socks5 reached an unknown mesh name")
+	}
+
+	// HTTP: absolute-URI GET and CONNECT through the HTTP proxy.
+	pu, _ := url.Parse("http://" + a.HTTPProxy.String())
+	hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
+	resp, err := hc.Get("http://bravo." + testDomain + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "hello from bravo /x" {
+		t.Fatalf("HTTP via proxy: %q", body)
+	}
+	pc, err := net.Dial("tcp", a.HTTPProxy.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	_ = pc.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(pc, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", netip.AddrPortFrom(addr4(b), 7), netip.AddrPortFrom(addr4(b), 7))
+	br := bufio.NewReader(pc)
+	cr, err := http.ReadResponse(br, nil)
+	if err != nil || cr.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", cr, err)
+	}
+	pc.Write([]byte("via connect"))
+	got = make([]byte, 11)
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != "via connect" {
+		t.Fatalf("CONNECT echo %q %v", got, err)
+	}
 }

@@ -201,3 +201,32 @@ func (s *Server) Close() {
 	}
 	s.wg.Wait()
 }
+
+// LookupNetIP resolves host in-process (mesh names, split DNS, fallback), IPv4 first.
+func (s *Server) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	var out []netip.Addr
+	for _, qt := range []uint16{dns.TypeA, dns.TypeAAAA} {
+		q := new(dns.Msg)
+		q.SetQuestion(dns.Fqdn(host), qt)
+		r := s.Resolve(ctx, q)
+		for _, rr := range r.Answer {
+			switch v := rr.(type) {
+			case *dns.A:
+				if a, ok := netip.AddrFromSlice(v.A); ok {
+					out = append(out, a.Unmap())
+				}
+			case *dns.AAAA:
+				if a, ok := netip.AddrFromSlice(v.AAAA); ok {
+					out = append(out, a)
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("dns: no address for %q", host)
+	}
+	return out, nil
+}

@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -212,6 +213,11 @@ func pair(o opts, recvRole, sendRole, target string, extra ...string) (result, e
 		tx.stop()
 		return r, err
 	}
+	if sendRole == "pipe-send" || sendRole == "relay-send" {
+		// The receiver has measured; stop the sender so that it does not
+		// load the machine during the next phase.
+		_ = tx.cmd.Process.Signal(os.Interrupt)
+	}
 	t, err := tx.result()
 	if err != nil {
 		return r, err
@@ -323,6 +329,17 @@ func orchestrate(o opts) error {
 }
 
 func child(o opts) error {
+	if dir := os.Getenv("RELAYBENCH_PROFILE_DIR"); dir != "" {
+		// For tuning: every child writes a CPU profile named after its role.
+		f, err := os.Create(filepath.Join(dir, o.role+".prof"))
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ca, err := testpki.Load(o.dir, td)
 	if err != nil {
 		return err
@@ -383,19 +400,8 @@ func runRelay(ca *testpki.CA) error {
 	fmt.Println("READY", ln.Addr().String())
 	ctx, cancel := signalContext()
 	defer cancel()
-	if path := os.Getenv("RELAYBENCH_CPUPROFILE"); path != "" {
-		// For tuning: profile the relay process only.
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
 	err = srv.Run(ctx, ln)
 	st := srv.Stats()
-	fmt.Fprintf(os.Stderr, "relay process stats: forwarded %d packets, drops %v, rejects %v\n", st.PacketsForwarded, st.Drops, st.Rejects)
+	fmt.Fprintf(os.Stderr, "relay process (all phases): forwarded %d packets, drops %v, rejects %v\n", st.PacketsForwarded, st.Drops, st.Rejects)
 	return err
 }

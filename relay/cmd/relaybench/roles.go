@@ -151,9 +151,11 @@ func pipeClient(o opts, ca *testpki.CA) error {
 		printJSON(result{RTTs: rtts})
 		return nil
 	}
+	ctx, cancel := signalContext()
+	defer cancel()
 	end := time.Now().Add(sendFor(o))
 	for i := 0; ; i++ {
-		if i%1024 == 0 && time.Now().After(end) {
+		if i%1024 == 0 && (time.Now().After(end) || ctx.Err() != nil) {
 			break
 		}
 		if err := fw.WriteKeyPacket(frame.TypeSendPacket, dst, pkt); err != nil {
@@ -276,6 +278,8 @@ func relayRole(o opts, ca *testpki.CA) error {
 		}
 		printJSON(r)
 	case "relay-send":
+		ctx, cancel := signalContext()
+		defer cancel()
 		end := time.Now().Add(sendFor(o))
 		var wg sync.WaitGroup
 		for i, c := range cs {
@@ -285,7 +289,7 @@ func relayRole(o opts, ca *testpki.CA) error {
 				dst := keyOf(o.base + 2*i + 1)
 				high := c.SendQueueLen() * 3 / 4
 				for j := 0; ; j++ {
-					if j%256 == 0 && time.Now().After(end) {
+					if j%256 == 0 && (time.Now().After(end) || ctx.Err() != nil) {
 						return
 					}
 					// Pace on the client's own queue rather than drop: this

@@ -1,0 +1,82 @@
+package nodeplane
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/fanout"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// detectConflict raises a session-conflict incident when one node identity streams from two agent
+// processes at once (a cloned or stolen identity): an audit row always, and quarantine (which closes
+// every stream of the node) when the tenant's quarantine_on_conflict says so. A reconnect of the
+// same agent process (same session id) is not a conflict.
+func (p *Plane) detectConflict(ctx context.Context, c *Caller, sub *fanout.Sub, others []*fanout.Sub) error {
+	var addrs []string
+	for _, o := range others {
+		if o.SessionID != sub.SessionID {
+			addrs = append(addrs, o.Addr)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	addrs = append(addrs, sub.Addr)
+	quarantine := p.loader.TenantSettings(c.ID.TenantID).QuarantineOnConflict
+	p.log.WarnContext(ctx, "session conflict: one node identity streams from two places", "tenant", c.ID.TenantID, "node", c.NodeID, "addresses", addrs, "quarantine", quarantine)
+	incident, _ := json.Marshal(map[string]any{"addresses": addrs, "active": true, "quarantined": quarantine})
+	reason := "session conflict: streams from " + strings.Join(addrs, ", ")
+	err := p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		if err := tx.AppendAudit(ctx, &domain.AuditEntry{
+			TenantID: c.ID.TenantID, ActorType: domain.ActorSystem, ActorName: "conflict-detector", Action: "NodeSessionConflict",
+			ResourceType: domain.ResourceNode, ResourceID: c.NodeID, After: incident, PeerAddress: sub.Addr,
+		}); err != nil {
+			return err
+		}
+		if !quarantine {
+			return nil
+		}
+		n, err := tx.GetNode(ctx, c.NodeID)
+		if err != nil {
+			return err
+		}
+		before, _ := json.Marshal(n)
+		n.Status, n.QuarantineReason, n.QuarantineTime = domain.NodeQuarantined, reason, tx.Now()
+		if err := tx.UpdateNode(ctx, n); err != nil {
+			return err
+		}
+		after, _ := json.Marshal(n)
+		return tx.AppendAudit(ctx, &domain.AuditEntry{
+			TenantID: c.ID.TenantID, ActorType: domain.ActorSystem, ActorName: "conflict-detector", Action: "QuarantineNode",
+			ResourceType: domain.ResourceNode, ResourceID: c.NodeID, Before: before, After: after,
+		})
+	})
+	if err != nil {
+		return toConnect(fmt.Errorf("record session conflict: %w", err))
+	}
+	if quarantine {
+		p.revoke(c.ID.TenantID, c.NodeID, "quarantined: "+reason)
+		return unauthenticated("node %s quarantined: %s", c.NodeID, reason)
+	}
+	return nil
+}
+
+func listAll[T any](list func(store.ListOptions) (*store.Page[T], error)) ([]*T, error) {
+	var out []*T
+	o := store.ListOptions{PageSize: store.MaxPageSize}
+	for {
+		pg, err := list(o)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, pg.Items...)
+		if pg.NextPageToken == "" {
+			return out, nil
+		}
+		o.PageToken = pg.NextPageToken
+	}
+}

@@ -1,0 +1,549 @@
+package nodeplane
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cloudvlan/cloudvlan/controller/identity"
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/netmap"
+	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/convert"
+	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/fanout"
+	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
+	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
+	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
+)
+
+type controlService struct{ p *Plane }
+
+func meshCaller(ctx context.Context) (*Caller, error) {
+	c, ok := CallerFrom(ctx)
+	if !ok {
+		return nil, unauthenticated("not authenticated")
+	}
+	if c.NodeID == "" {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%s has no mesh node", c.ID))
+	}
+	return c, nil
+}
+
+// WatchNetworkMap implements nodev1connect.ControlServiceHandler.
+func (s controlService) WatchNetworkMap(ctx context.Context, req *connect.Request[nodev1.WatchNetworkMapRequest], stream *connect.ServerStream[nodev1.WatchNetworkMapResponse]) error {
+	p := s.p
+	c, err := meshCaller(ctx)
+	if err != nil {
+		return err
+	}
+	if err := p.validate.Validate(req.Msg); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	release, wait, ok := p.admit.acquire()
+	if !ok {
+		return exhausted("controller busy: too many map streams", wait)
+	}
+	defer release()
+
+	nwID, _, ok := p.loader.Network(c.NodeID)
+	if !ok {
+		// Enrolled a moment ago, maybe through another replica: apply the feed now.
+		if err := p.loader.CatchUp(ctx); err != nil {
+			return connect.NewError(connect.CodeUnavailable, err)
+		}
+		if nwID, _, ok = p.loader.Network(c.NodeID); !ok {
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %s is not in any loaded network", c.NodeID))
+		}
+	}
+	sub := fanout.NewSub(c.NodeID, req.Msg.GetSessionId(), c.Addr)
+	ms := &mapStream{p: p, sub: sub, caller: c, nwID: nwID}
+	ci := connInfoFrom(ctx)
+	ms.send = func(m *nodev1.WatchNetworkMapResponse) error {
+		// A stuck agent must not hold this goroutine forever: past the deadline the stream is reset.
+		rc := http.NewResponseController(ci.w)
+		_ = rc.SetWriteDeadline(time.Now().Add(p.deps.SendTimeout))
+		err := stream.Send(m)
+		_ = rc.SetWriteDeadline(time.Time{})
+		return err
+	}
+	others := p.hub.Add(sub)
+	p.streamsMu.Lock()
+	p.streams[sub] = ms
+	p.streamsMu.Unlock()
+	defer func() {
+		left := p.hub.Remove(sub)
+		p.streamsMu.Lock()
+		delete(p.streams, sub)
+		p.streamsMu.Unlock()
+		p.status.streamClosed(c, len(left))
+	}()
+	if err := p.detectConflict(ctx, c, sub, others); err != nil {
+		return err
+	}
+	p.status.streamOpened(c)
+
+	if err := ms.initial(req.Msg.GetKnownVersion()); err != nil {
+		return err
+	}
+	return ms.loop(ctx)
+}
+
+// mapStream is the server side of one WatchNetworkMap stream. It mirrors the agent's state (what
+// it was sent) to judge acknowledgements by the same hash the agent computes.
+type mapStream struct {
+	p      *Plane
+	sub    *fanout.Sub
+	caller *Caller
+	nwID   netmap.NetworkID
+	send   func(*nodev1.WatchNetworkMapResponse) error
+
+	mu             sync.Mutex
+	mirror         netmapstate.State
+	epoch, version uint64 // what the agent holds, once it applied what was sent
+	hashAt         uint64 // wire version the cached hash is of
+	hash           string
+	sentAt         time.Time
+	acked          uint64
+	pendingMarked  bool
+}
+
+func (ms *mapStream) wire() uint64 { return convert.WireVersion(ms.epoch, ms.version) }
+
+// initial sends the deltas since known when the engine still holds them, else a snapshot.
+func (ms *mapStream) initial(known uint64) error {
+	if known == 0 {
+		return ms.sendSnapshot()
+	}
+	snap, err := ms.p.engine.Snapshot(ms.nwID, ms.sub.NodeID)
+	if err != nil {
+		return ms.snapshotErr(err)
+	}
+	tag, ver := convert.SplitWireVersion(known)
+	if tag != convert.EpochTag(snap.Epoch) || ver > snap.Version {
+		return ms.sendSnapshot()
+	}
+	ds, err := ms.p.engine.DeltasSince(ms.nwID, ms.sub.NodeID, snap.Epoch, ver)
+	if err != nil {
+		return ms.sendSnapshot()
+	}
+	// Deltas after the snapshot's version arrive through the queue as well.
+	ds = slices.DeleteFunc(slices.Clone(ds), func(d *netmap.Delta) bool { return d.Version > snap.Version })
+	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)
+	m := convert.Snapshot(&snap, nw, convert.Peer)
+	ms.mu.Lock()
+	ms.mirror.ApplySnapshot(m)
+	ms.epoch, ms.version, ms.sentAt = snap.Epoch, snap.Version, time.Now()
+	ms.mu.Unlock()
+	if len(ds) == 0 {
+		// Already current: a heartbeat tells the agent the stream is up.
+		return ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}})
+	}
+	d, ok := convert.Merge(ds, nw, convert.Peer)
+	if !ok {
+		return ms.sendSnapshot()
+	}
+	return ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_Delta{Delta: d}})
+}
+
+func (ms *mapStream) snapshotErr(err error) error {
+	if errors.Is(err, netmap.ErrUnknownNode) || errors.Is(err, netmap.ErrUnknownNetwork) {
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %s has no network map: %w", ms.sub.NodeID, err))
+	}
+	return connect.NewError(connect.CodeInternal, err)
+}
+
+func (ms *mapStream) sendSnapshot() error {
+	snap, err := ms.p.engine.Snapshot(ms.nwID, ms.sub.NodeID)
+	if err != nil {
+		return ms.snapshotErr(err)
+	}
+	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)
+	m := convert.Snapshot(&snap, nw, convert.Peer)
+	ms.mu.Lock()
+	ms.mirror.ApplySnapshot(m)
+	ms.epoch, ms.version, ms.sentAt, ms.pendingMarked = snap.Epoch, snap.Version, time.Now(), false
+	ms.mu.Unlock()
+	return ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_Snapshot{Snapshot: m}})
+}
+
+func (ms *mapStream) loop(ctx context.Context) error {
+	p := ms.p
+	keep := time.NewTimer(p.deps.KeepAlive)
+	defer keep.Stop()
+	expiry := time.NewTimer(max(time.Until(ms.caller.NotAfter), 0))
+	defer expiry.Stop()
+	coalesce := time.NewTimer(0)
+	<-coalesce.C
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ms.sub.Done():
+			return ms.sub.Err()
+		case <-expiry.C:
+			// The certificate the stream was opened with ran out: it lives on only while the identity
+			// holds a renewed one.
+			until := p.reg.certValidUntil(ms.caller.ID.String())
+			if !time.Now().Before(until) {
+				return unauthenticated("client certificate expired at %s and was not renewed", ms.caller.NotAfter.UTC().Format(time.RFC3339))
+			}
+			expiry.Reset(time.Until(until))
+		case <-keep.C:
+			if err := ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}}); err != nil {
+				return err
+			}
+			keep.Reset(p.deps.KeepAlive)
+		case <-ms.sub.Wake():
+			// Wait a moment so that a burst of changes goes out as one message.
+			coalesce.Reset(p.deps.Coalesce)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-ms.sub.Done():
+				return ms.sub.Err()
+			case <-coalesce.C:
+			}
+			if err := ms.flush(); err != nil {
+				return err
+			}
+			keep.Reset(p.deps.KeepAlive)
+		}
+	}
+}
+
+// flush sends what the queue holds: posted hole punches, then one merged delta or a snapshot.
+func (ms *mapStream) flush() error {
+	for _, m := range ms.sub.TakePosted() {
+		if hp, ok := m.(*nodev1.HolePunch); ok {
+			if err := ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_HolePunch{HolePunch: hp}}); err != nil {
+				return err
+			}
+		}
+	}
+	items, resync := ms.sub.Take()
+	if resync {
+		return ms.sendSnapshot()
+	}
+	ms.mu.Lock()
+	epoch, version := ms.epoch, ms.version
+	ms.mu.Unlock()
+	var (
+		ds     []*netmap.Delta
+		caches []convert.PeerCache
+	)
+	for _, it := range items {
+		if it.Delta.Epoch == epoch && it.Delta.Version <= version {
+			continue // already in what the agent was sent
+		}
+		ds = append(ds, it.Delta)
+		if len(caches) == 0 || !sameCache(caches[len(caches)-1], it.Peers) {
+			caches = append(caches, it.Peers)
+		}
+	}
+	if len(ds) == 0 {
+		return nil
+	}
+	if ds[0].Epoch != epoch || ds[0].Version != version+1 {
+		return ms.sendSnapshot()
+	}
+	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)
+	d, ok := convert.Merge(ds, nw, func(p *netmap.Peer) *nodev1.Peer {
+		for _, c := range caches {
+			if m, ok := c[p]; ok {
+				return m
+			}
+		}
+		return convert.Peer(p)
+	})
+	if !ok {
+		return ms.sendSnapshot()
+	}
+	last := ds[len(ds)-1]
+	ms.mu.Lock()
+	err := ms.mirror.ApplyDelta(d)
+	if err == nil {
+		ms.epoch, ms.version, ms.sentAt, ms.pendingMarked = last.Epoch, last.Version, time.Now(), false
+	}
+	ms.mu.Unlock()
+	if err != nil {
+		return ms.sendSnapshot()
+	}
+	return ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_Delta{Delta: d}})
+}
+
+func sameCache(a, b convert.PeerCache) bool {
+	// Caches are maps made per batch; comparing one entry's identity is enough to tell them apart
+	// cheaply, and a false "different" only costs a second lookup.
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		_, ok := b[k]
+		return ok
+	}
+	return true
+}
+
+// judge compares an acknowledgement with what this stream sent. ok is false when the version is
+// not of this stream's epoch (the agent acknowledges a map another replica or an older engine sent).
+func (ms *mapStream) judge(version uint64, hash, applyErr string) (sync domain.NodeSync, ok bool) {
+	ms.mu.Lock()
+	tag, _ := convert.SplitWireVersion(version)
+	if tag != convert.EpochTag(ms.epoch) {
+		ms.mu.Unlock()
+		return domain.NodeSync{}, false
+	}
+	cur := ms.wire()
+	ms.acked = version
+	sync = domain.NodeSync{DesiredVersion: cur, AppliedVersion: version, AppliedHash: hash, Error: applyErr, ApplyTime: time.Now()}
+	resync := false
+	switch {
+	case applyErr != "":
+		sync.State = domain.SyncFailed
+	case version < cur:
+		sync.State = domain.SyncPending
+	case version > cur:
+		sync.State, sync.Error = domain.SyncFailed, fmt.Sprintf("acknowledged version %d was never sent (current %d)", version, cur)
+		resync = true
+	default:
+		if ms.hashAt != cur {
+			ms.hash, ms.hashAt = ms.mirror.Hash(), cur
+		}
+		if ms.hash == hash {
+			sync.State = domain.SyncInSync
+		} else {
+			sync.State = domain.SyncFailed
+			sync.Error = fmt.Sprintf("state hash %s differs from the controller's %s", hash, ms.hash)
+			resync = true
+		}
+	}
+	ms.mu.Unlock()
+	if resync {
+		// Self-healing: whatever the agent holds, a snapshot replaces it.
+		ms.sub.Resync()
+	}
+	return sync, true
+}
+
+// AckNetworkMap implements nodev1connect.ControlServiceHandler.
+func (s controlService) AckNetworkMap(ctx context.Context, req *connect.Request[nodev1.AckNetworkMapRequest]) (*connect.Response[nodev1.AckNetworkMapResponse], error) {
+	p := s.p
+	c, err := meshCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.validate.Validate(req.Msg); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	m := req.Msg
+	var (
+		sync   domain.NodeSync
+		judged bool
+	)
+	for _, ms := range p.streamsOf(c.NodeID) {
+		if sync, judged = ms.judge(m.GetVersion(), m.GetStateHash(), m.GetError()); judged {
+			break
+		}
+	}
+	if !judged {
+		// No stream of ours sent that version: record what the agent says without a verdict.
+		sync = domain.NodeSync{State: domain.SyncPending, AppliedVersion: m.GetVersion(), AppliedHash: m.GetStateHash(), Error: m.GetError(), ApplyTime: time.Now()}
+		if m.GetError() != "" {
+			sync.State = domain.SyncFailed
+		}
+	}
+	p.status.ack(c, sync)
+	return connect.NewResponse(&nodev1.AckNetworkMapResponse{InSync: sync.State == domain.SyncInSync}), nil
+}
+
+func (p *Plane) streamsOf(nodeID string) []*mapStream {
+	subs := p.hub.Streams(nodeID)
+	out := make([]*mapStream, 0, len(subs))
+	p.streamsMu.Lock()
+	defer p.streamsMu.Unlock()
+	for _, s := range subs {
+		if ms := p.streams[s]; ms != nil {
+			out = append(out, ms)
+		}
+	}
+	return out
+}
+
+var endpointTypes = map[nodev1.EndpointType]domain.EndpointType{
+	nodev1.EndpointType_ENDPOINT_TYPE_LOCAL: domain.EndpointLocal, nodev1.EndpointType_ENDPOINT_TYPE_STUN: domain.EndpointSTUN,
+	nodev1.EndpointType_ENDPOINT_TYPE_PUBLIC: domain.EndpointPublic,
+}
+
+var pathTypes = map[nodev1.PathType]domain.PathType{
+	nodev1.PathType_PATH_TYPE_DIRECT: domain.PathDirect, nodev1.PathType_PATH_TYPE_RELAYED: domain.PathRelayed,
+}
+
+// ReportStatus implements nodev1connect.ControlServiceHandler.
+func (s controlService) ReportStatus(ctx context.Context, req *connect.Request[nodev1.ReportStatusRequest]) (*connect.Response[nodev1.ReportStatusResponse], error) {
+	p := s.p
+	c, err := meshCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := req.Msg
+	if err := p.validate.Validate(m); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	now := p.now().UTC()
+	r := report{homeRelay: m.GetHomeRelayId(), agentVersion: m.GetAgentVersion(), os: m.GetOs()}
+	for _, e := range m.GetEndpoints() {
+		ap, err := netip.ParseAddrPort(e.GetAddress())
+		if err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("endpoint %q: %w", e.GetAddress(), err))
+		}
+		r.endpoints = append(r.endpoints, domain.NodeEndpoint{Address: ap, Type: endpointTypes[e.GetType()], ObserveTime: now})
+	}
+	for _, ps := range m.GetPeers() {
+		pp := domain.NodePeerPath{
+			PeerNodeID: ps.GetPeerNodeId(), Path: pathTypes[ps.GetPath()], RelayID: ps.GetRelayId(), Endpoint: ps.GetEndpoint(),
+			Latency: ps.GetLatency().AsDuration(), ReportTime: now,
+		}
+		if ps.GetLastHandshakeTime() != nil {
+			pp.LastHandshakeTime = ps.GetLastHandshakeTime().AsTime()
+		}
+		r.paths = append(r.paths, pp)
+	}
+	for _, s := range m.GetAdvertisedRoutes() {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("advertised route %q: %w", s, err))
+		}
+		r.routes = append(r.routes, pr.Masked())
+	}
+	r.routesSet = true
+	p.status.report(c, r)
+	return connect.NewResponse(&nodev1.ReportStatusResponse{ReportInterval: durationpb.New(p.deps.ReportInterval)}), nil
+}
+
+// RequestHolePunch implements nodev1connect.ControlServiceHandler.
+func (s controlService) RequestHolePunch(ctx context.Context, req *connect.Request[nodev1.RequestHolePunchRequest]) (*connect.Response[nodev1.RequestHolePunchResponse], error) {
+	p := s.p
+	c, err := meshCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.validate.Validate(req.Msg); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	peerID := req.Msg.GetPeerNodeId()
+	if !p.isPeer(c.NodeID, peerID) {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %s is not in your network map", peerID))
+	}
+	hp := &nodev1.HolePunch{PeerNodeId: c.NodeID, WireguardPublicKey: append([]byte(nil), c.WGKey[:]...)}
+	// The peer's view of the caller holds the endpoints the caller last reported.
+	for _, ms := range p.streamsOf(peerID) {
+		ms.mu.Lock()
+		if self, ok := ms.mirror.Peer(c.NodeID); ok {
+			hp.Endpoints = self.GetEndpoints()
+			hp.WireguardPublicKey = self.GetWireguardPublicKey()
+		}
+		ms.mu.Unlock()
+	}
+	delivered := false
+	for _, sub := range p.hub.Streams(peerID) {
+		if sub.Post(hp) {
+			delivered = true
+		}
+	}
+	return connect.NewResponse(&nodev1.RequestHolePunchResponse{Delivered: delivered}), nil
+}
+
+// isPeer reports whether peerID is in nodeID's view.
+func (p *Plane) isPeer(nodeID, peerID string) bool {
+	for _, ms := range p.streamsOf(nodeID) {
+		ms.mu.Lock()
+		_, ok := ms.mirror.Peer(peerID)
+		ms.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	nwID, _, ok := p.loader.Network(nodeID)
+	if !ok {
+		return false
+	}
+	snap, err := p.engine.Snapshot(nwID, nodeID)
+	if err != nil {
+		return false
+	}
+	for _, pe := range snap.View.Peers {
+		if pe.NodeID == peerID {
+			return true
+		}
+	}
+	return false
+}
+
+// RenewCertificate implements nodev1connect.ControlServiceHandler.
+func (s controlService) RenewCertificate(ctx context.Context, req *connect.Request[nodev1.RenewCertificateRequest]) (*connect.Response[nodev1.RenewCertificateResponse], error) {
+	p := s.p
+	c, ok := CallerFrom(ctx)
+	if !ok {
+		return nil, unauthenticated("not authenticated")
+	}
+	if err := p.validate.Validate(req.Msg); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	csr, err := x509.ParseCertificateRequest(req.Msg.GetCsrDer())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("malformed certificate request: %w", err))
+	}
+	ttl := p.deps.CertTTL
+	if t := p.loader.TenantSettings(c.ID.TenantID).NodeCertificateTTL; t > 0 {
+		ttl = t
+	}
+	var wg []byte
+	if c.WGKey != ([32]byte{}) {
+		wg = c.WGKey[:]
+	}
+	var dns []string
+	if c.ID.Kind == identity.KindRelay {
+		if leafDNS := p.relayDNS(ctx, c.ID.ResourceID); len(leafDNS) > 0 {
+			dns = leafDNS
+		}
+	}
+	chain, err := p.auth.Sign(ctx, pki.SignRequest{CSR: csr, ID: c.ID, WGKey: wg, DNSNames: dns, TTL: ttl})
+	if err != nil {
+		return nil, toConnect(fmt.Errorf("renew certificate: %w", err))
+	}
+	p.reg.renewed(c.ID.String(), chain.Leaf.NotAfter)
+	if c.NodeID != "" {
+		p.status.certificate(c, chain.Leaf.SerialNumber.String(), chain.Leaf.NotAfter)
+	}
+	return connect.NewResponse(&nodev1.RenewCertificateResponse{
+		CertificateChainDer: chain.DER(), CertificateExpireTime: timestamppb.New(chain.Leaf.NotAfter),
+	}), nil
+}
+
+func (p *Plane) relayDNS(ctx context.Context, id string) []string {
+	r, err := p.relayOf(ctx, id)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, a := range r.Addresses {
+		if ap, err := netip.ParseAddrPort(a); err == nil {
+			out = append(out, ap.Addr().String())
+			continue
+		}
+		if h, _, err := net.SplitHostPort(a); err == nil {
+			out = append(out, h)
+		}
+	}
+	return out
+}

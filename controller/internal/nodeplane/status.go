@@ -1,0 +1,352 @@
+package nodeplane
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// report is what one ReportStatus says.
+type report struct {
+	endpoints    []domain.NodeEndpoint
+	paths        []domain.NodePeerPath
+	homeRelay    string
+	agentVersion string
+	os           string
+	routes       []netip.Prefix
+	routesSet    bool
+}
+
+// statusWriter batches what agents tell the controller (stream open/close, reports, acks, renewed
+// certificates) into few store transactions: per node only the changes since the last flush are
+// applied, in order, to the current row. It also runs the offline sweep and ephemeral-node removal.
+type statusWriter struct {
+	p *Plane
+
+	mu        sync.Mutex
+	pending   map[string][]func(*domain.Node)
+	touched   map[string]time.Time // when a streaming node's last-seen time was last written
+	lastSweep time.Time
+}
+
+func newStatusWriter(p *Plane) *statusWriter {
+	return &statusWriter{p: p, pending: map[string][]func(*domain.Node){}, touched: map[string]time.Time{}}
+}
+
+func (w *statusWriter) queue(nodeID string, fn func(*domain.Node)) {
+	w.mu.Lock()
+	w.pending[nodeID] = append(w.pending[nodeID], fn)
+	w.mu.Unlock()
+}
+
+func (w *statusWriter) markOnline(n *domain.Node, now time.Time) {
+	if n.Status != domain.NodeQuarantined {
+		n.Status = domain.NodeOnline
+	}
+	n.LastSeenTime = now
+}
+
+func (w *statusWriter) streamOpened(c *Caller) {
+	now := w.p.now().UTC()
+	w.mu.Lock()
+	w.touched[c.NodeID] = now
+	w.mu.Unlock()
+	w.queue(c.NodeID, func(n *domain.Node) { w.markOnline(n, now) })
+}
+
+func (w *statusWriter) streamClosed(c *Caller, left int) {
+	if left > 0 {
+		return
+	}
+	now := w.p.now().UTC()
+	w.mu.Lock()
+	delete(w.touched, c.NodeID)
+	w.mu.Unlock()
+	// Offline is decided by the sweeper: a reconnect within the grace time is no status change.
+	w.queue(c.NodeID, func(n *domain.Node) { n.LastSeenTime = now })
+}
+
+func (w *statusWriter) ack(c *Caller, s domain.NodeSync) {
+	w.queue(c.NodeID, func(n *domain.Node) {
+		if s.DesiredVersion == 0 {
+			s.DesiredVersion = max(n.Sync.DesiredVersion, s.AppliedVersion)
+		}
+		n.Sync = s
+	})
+}
+
+func (w *statusWriter) pendingSync(nodeID string, desired uint64) {
+	w.queue(nodeID, func(n *domain.Node) {
+		if n.Sync.AppliedVersion != desired {
+			n.Sync.State, n.Sync.DesiredVersion = domain.SyncPending, desired
+		}
+	})
+}
+
+func (w *statusWriter) certificate(c *Caller, serial string, notAfter time.Time) {
+	w.queue(c.NodeID, func(n *domain.Node) { n.CertSerial, n.CertExpireTime = serial, notAfter })
+}
+
+func (w *statusWriter) report(c *Caller, r report) {
+	now := w.p.now().UTC()
+	w.queue(c.NodeID, func(n *domain.Node) {
+		w.markOnline(n, now)
+		n.Endpoints, n.PeerPaths, n.HomeRelayID = r.endpoints, r.paths, r.homeRelay
+		if r.agentVersion != "" {
+			n.AgentVersion = r.agentVersion
+		}
+		if r.os != "" {
+			n.OS = r.os
+		}
+		if r.routesSet {
+			n.Routes = mergeRoutes(n.Routes, r.routes)
+		}
+	})
+}
+
+// mergeRoutes records what the node now advertises, keeping admins' approvals: an approved route
+// the node stopped advertising stays (approved, not advertised) so that it returns approved.
+func mergeRoutes(old []domain.NodeRoute, adv []netip.Prefix) []domain.NodeRoute {
+	var out []domain.NodeRoute
+	for _, r := range old {
+		r.Advertised = slices.Contains(adv, r.CIDR)
+		if r.Advertised || r.Approved {
+			out = append(out, r)
+		}
+	}
+	for _, a := range adv {
+		if !slices.ContainsFunc(out, func(r domain.NodeRoute) bool { return r.CIDR == a }) {
+			out = append(out, domain.NodeRoute{CIDR: a, Advertised: true})
+		}
+	}
+	return out
+}
+
+func (w *statusWriter) run(ctx context.Context) {
+	t := time.NewTicker(w.p.deps.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			// Last writes with a short grace period: they are status, not desired state.
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			w.flush(fctx)
+			cancel()
+			return
+		case <-t.C:
+		}
+		w.sweepStreams()
+		w.flush(ctx)
+		if now := w.p.now(); now.Sub(w.lastSweep) >= w.p.deps.OfflineAfter/3 {
+			w.lastSweep = now
+			if err := w.sweepOffline(ctx); err != nil && ctx.Err() == nil {
+				w.p.log.WarnContext(ctx, "offline sweep", "err", err)
+			}
+		}
+	}
+}
+
+// maxBatch bounds one flush transaction so that a reconnect storm does not hold the SQLite writer
+// for long.
+const maxBatch = 500
+
+// flush writes the queued changes.
+func (w *statusWriter) flush(ctx context.Context) {
+	for ctx.Err() == nil {
+		w.mu.Lock()
+		batch := make(map[string][]func(*domain.Node), min(len(w.pending), maxBatch))
+		for id, fns := range w.pending {
+			if len(batch) == maxBatch {
+				break
+			}
+			batch[id] = fns
+			delete(w.pending, id)
+		}
+		w.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		var retry []string
+		err := w.p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+			retry = retry[:0]
+			for id, fns := range batch {
+				n, err := tx.GetNode(ctx, id)
+				if store.IsNotFound(err) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				for _, fn := range fns {
+					fn(n)
+				}
+				if err := tx.UpdateNode(ctx, n); err != nil {
+					if errors.Is(err, domain.ErrConflict) {
+						retry = append(retry, id)
+						continue
+					}
+					return fmt.Errorf("update node %s: %w", id, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			w.p.log.WarnContext(ctx, "status write failed; retrying", "nodes", len(batch), "err", err)
+			retry = retry[:0]
+			for id := range batch {
+				retry = append(retry, id)
+			}
+		}
+		if len(retry) > 0 {
+			w.mu.Lock()
+			for _, id := range retry {
+				w.pending[id] = append(batch[id], w.pending[id]...)
+			}
+			w.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+// pendingAfter is how long an agent may take to acknowledge before the API shows it pending.
+const pendingAfter = 5 * time.Second
+
+// sweepStreams keeps the last-seen time of streaming nodes fresh (so that no replica's sweeper
+// marks them offline) and marks nodes that have not acknowledged their latest version pending.
+func (w *statusWriter) sweepStreams() {
+	now := w.p.now().UTC()
+	refresh := w.p.deps.OfflineAfter / 3
+	var touch []string
+	w.mu.Lock()
+	for id, at := range w.touched {
+		if now.Sub(at) >= refresh {
+			w.touched[id] = now
+			touch = append(touch, id)
+		}
+	}
+	w.mu.Unlock()
+	for _, id := range touch {
+		w.queue(id, func(n *domain.Node) { w.markOnline(n, now) })
+	}
+	w.p.streamsMu.Lock()
+	var pend []*mapStream
+	for _, ms := range w.p.streams {
+		pend = append(pend, ms)
+	}
+	w.p.streamsMu.Unlock()
+	for _, ms := range pend {
+		ms.mu.Lock()
+		cur := ms.wire()
+		due := !ms.pendingMarked && ms.acked != cur && time.Since(ms.sentAt) > pendingAfter
+		if due {
+			ms.pendingMarked = true
+		}
+		ms.mu.Unlock()
+		if due {
+			w.pendingSync(ms.sub.NodeID, cur)
+		}
+	}
+}
+
+// sweepOffline marks nodes offline that have neither a stream (here or, judging by their last-seen
+// time, on another replica) nor a recent report, and deletes ephemeral nodes offline for longer
+// than their tenant allows. Relays without a recent report go offline too.
+func (w *statusWriter) sweepOffline(ctx context.Context) error {
+	p := w.p
+	now := p.now().UTC()
+	var stale, ephemeral []*domain.Node
+	var relays []*domain.Relay
+	yes := true
+	err := p.deps.Store.ReadTx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		var err error
+		if stale, err = listAll(func(o store.ListOptions) (*store.Page[domain.Node], error) {
+			return tx.ListNodes(ctx, store.NodeFilter{Status: domain.NodeOnline, LastSeenBefore: now.Add(-p.deps.OfflineAfter)}, o)
+		}); err != nil {
+			return err
+		}
+		if ephemeral, err = listAll(func(o store.ListOptions) (*store.Page[domain.Node], error) {
+			return tx.ListNodes(ctx, store.NodeFilter{Status: domain.NodeOffline, Ephemeral: &yes}, o)
+		}); err != nil {
+			return err
+		}
+		relays, err = listAll(func(o store.ListOptions) (*store.Page[domain.Relay], error) {
+			return tx.ListRelays(ctx, store.RelayFilter{}, o)
+		})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("read nodes to sweep: %w", err)
+	}
+	cutoff := now.Add(-p.deps.OfflineAfter)
+	for _, n := range stale {
+		if p.hub.Online(n.ID) {
+			continue
+		}
+		w.queue(n.ID, func(n *domain.Node) {
+			if n.Status == domain.NodeOnline && n.LastSeenTime.Before(cutoff) {
+				n.Status = domain.NodeOffline
+			}
+		})
+	}
+	for _, n := range ephemeral {
+		timeout := p.loader.TenantSettings(n.TenantID).EphemeralOfflineTimeout
+		if timeout <= 0 {
+			timeout = p.deps.EphemeralTimeout
+		}
+		if p.hub.Online(n.ID) || now.Sub(n.LastSeenTime) < timeout {
+			continue
+		}
+		if err := w.deleteEphemeral(ctx, n.ID, now.Add(-timeout)); err != nil {
+			p.log.WarnContext(ctx, "delete ephemeral node", "node", n.ID, "err", err)
+		}
+	}
+	for _, r := range relays {
+		if r.Status == domain.NodeOnline && r.LastSeenTime.Before(cutoff) {
+			err := p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+				cur, err := tx.GetRelay(ctx, r.ID)
+				if err != nil || cur.Status != domain.NodeOnline || !cur.LastSeenTime.Before(cutoff) {
+					return err
+				}
+				cur.Status = domain.NodeOffline
+				return tx.UpdateRelay(ctx, cur)
+			})
+			if err != nil && !store.IsNotFound(err) {
+				p.log.WarnContext(ctx, "mark relay offline", "relay", r.ID, "err", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (w *statusWriter) deleteEphemeral(ctx context.Context, id string, cutoff time.Time) error {
+	return w.p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		n, err := tx.GetNode(ctx, id)
+		if store.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !n.Ephemeral || n.Status != domain.NodeOffline || !n.LastSeenTime.Before(cutoff) {
+			return nil // came back meanwhile
+		}
+		if err := tx.DeleteNode(ctx, id, n.Version); err != nil {
+			return err
+		}
+		before, _ := json.Marshal(n)
+		return tx.AppendAudit(ctx, &domain.AuditEntry{
+			TenantID: n.TenantID, ActorType: domain.ActorSystem, ActorName: "offline-sweeper", Action: "DeleteEphemeralNode",
+			ResourceType: domain.ResourceNode, ResourceID: id, Before: before,
+		})
+	})
+}

@@ -1,0 +1,152 @@
+package nodeplane
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cloudvlan/cloudvlan/controller/identity"
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+	vrouterv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/vrouter/v1"
+)
+
+type vrouterService struct{ p *Plane }
+
+func vrouterCaller(ctx context.Context) (*Caller, error) {
+	c, ok := CallerFrom(ctx)
+	if !ok {
+		return nil, unauthenticated("not authenticated")
+	}
+	if c.ID.Kind != identity.KindVRouter {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("%s is not a vrouter", c.ID))
+	}
+	return c, nil
+}
+
+// vrfTable derives a stable, nonzero VPP table id per tenant (table 0 is VPP's default VRF).
+func vrfTable(tenantID string) uint32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(tenantID))
+	return h.Sum32()%0x7ffffffe + 1
+}
+
+func (p *Plane) vrouterConfig(ctx context.Context, id string) (*vrouterv1.WatchVRouterConfigResponse, error) {
+	v, err := p.vrouterOf(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	out := &vrouterv1.WatchVRouterConfigResponse{
+		Version: uint64(v.Version),
+		Vrf:     &vrouterv1.Vrf{TableId: vrfTable(v.TenantID), TenantId: v.TenantID},
+	}
+	for _, c := range v.Connections {
+		ic := &vrouterv1.IpsecConnection{Name: c.Name, RemoteAddress: c.RemoteAddress, IkeVersion: vrouterv1.IkeVersion_IKE_VERSION_2}
+		for _, s := range c.LocalSubnets {
+			ic.LocalSubnets = append(ic.LocalSubnets, s.String())
+		}
+		for _, s := range c.RemoteSubnets {
+			ic.RemoteSubnets = append(ic.RemoteSubnets, s.String())
+		}
+		if p.deps.PSK != nil && c.PSKRef != "" {
+			psk, err := p.deps.PSK(ctx, v.TenantID, c.PSKRef)
+			if err != nil {
+				return nil, fmt.Errorf("pre-shared key of connection %s: %w", c.Name, err)
+			}
+			ic.PreSharedKey = psk
+		}
+		out.Connections = append(out.Connections, ic)
+	}
+	return out, nil
+}
+
+// WatchVRouterConfig implements vrouterv1connect.VRouterControlServiceHandler.
+func (s vrouterService) WatchVRouterConfig(ctx context.Context, req *connect.Request[vrouterv1.WatchVRouterConfigRequest], stream *connect.ServerStream[vrouterv1.WatchVRouterConfigResponse]) error {
+	p := s.p
+	c, err := vrouterCaller(ctx)
+	if err != nil {
+		return err
+	}
+	if err := p.validate.Validate(req.Msg); err != nil {
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	var last *vrouterv1.WatchVRouterConfigResponse
+	for {
+		wake := p.configChanged()
+		cfg, err := p.vrouterConfig(ctx, c.ID.ResourceID)
+		if store.IsNotFound(err) {
+			return unauthenticated("vrouter %s was deleted", c.ID.ResourceID)
+		}
+		if err != nil {
+			return toConnect(err)
+		}
+		// known_version lets a vrouter that already applied this version skip the first message.
+		if !proto.Equal(cfg, last) && !(last == nil && cfg.GetVersion() == req.Msg.GetKnownVersion()) {
+			if err := stream.Send(cfg); err != nil {
+				return err
+			}
+		}
+		last = cfg
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.closed:
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("controller shutting down"))
+		case <-wake:
+		}
+	}
+}
+
+var connStates = map[vrouterv1.ConnectionState]string{
+	vrouterv1.ConnectionState_CONNECTION_STATE_CONNECTING: "connecting", vrouterv1.ConnectionState_CONNECTION_STATE_UP: "up",
+	vrouterv1.ConnectionState_CONNECTION_STATE_DOWN: "down",
+}
+
+// ReportConnectionStatus implements vrouterv1connect.VRouterControlServiceHandler.
+func (s vrouterService) ReportConnectionStatus(ctx context.Context, req *connect.Request[vrouterv1.ReportConnectionStatusRequest]) (*connect.Response[vrouterv1.ReportConnectionStatusResponse], error) {
+	p := s.p
+	c, err := vrouterCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.validate.Validate(req.Msg); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	now := p.now().UTC()
+	byName := map[string]*vrouterv1.ConnectionStatus{}
+	for _, cs := range req.Msg.GetConnections() {
+		byName[cs.GetName()] = cs
+	}
+	err = p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		v, err := tx.GetVRouter(ctx, c.ID.ResourceID)
+		if err != nil {
+			return err
+		}
+		for i := range v.Connections {
+			cs, ok := byName[v.Connections[i].Name]
+			if !ok {
+				continue
+			}
+			st := connStates[cs.GetState()]
+			if st == "" {
+				st = "unknown"
+			}
+			if v.Connections[i].State != st {
+				v.Connections[i].State, v.Connections[i].StateTime = st, now
+				if t := cs.GetLastChangeTime(); t != nil {
+					v.Connections[i].StateTime = t.AsTime().UTC()
+				}
+			}
+		}
+		v.Status, v.LastSeenTime = domain.NodeOnline, now
+		return tx.UpdateVRouter(ctx, v)
+	})
+	if err != nil {
+		return nil, toConnect(fmt.Errorf("record vrouter status: %w", err))
+	}
+	return connect.NewResponse(&vrouterv1.ReportConnectionStatusResponse{}), nil
+}
+

@@ -278,3 +278,8 @@ func jsonString(v any) (string, error) {
 	}
 	return string(b), nil
 }
+
+// Raw returns the underlying querier, bypassing every tenant filter of the core. It exists for
+// the tests that prove row-level security catches queries without a tenant filter; production
+// code has no use for it.
+func (tx *Tx) Raw() Querier { return tx.q }

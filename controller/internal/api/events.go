@@ -1,0 +1,260 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// hub follows the store's change feed once per process and fans events out to the WatchEvents
+// streams, instead of every stream polling the database. It runs only while someone watches.
+type hub struct {
+	st        store.Store
+	log       *slog.Logger
+	buffer    int
+	pollEvery time.Duration
+
+	mu      sync.Mutex
+	subs    map[*subscriber]struct{}
+	cursor  int64
+	running bool
+	stop    context.CancelFunc
+	done    chan struct{}
+	closed  bool
+}
+
+type subscriber struct {
+	ch chan domain.ChangeEvent
+	// overflow is closed when the subscriber fell behind and was dropped.
+	overflow chan struct{}
+}
+
+func newHub(st store.Store, log *slog.Logger, buffer int, pollEvery time.Duration) *hub {
+	return &hub{st: st, log: log, buffer: buffer, pollEvery: pollEvery, subs: map[*subscriber]struct{}{}}
+}
+
+// head advances h.cursor past every committed change without delivering them: watchers get
+// changes from "now" on. The store has no "last change id" query, so this pages through the
+// feed (once per follower start; see the report).
+func (h *hub) head(ctx context.Context) error {
+	for {
+		evs, err := h.st.ChangesSince(ctx, h.cursor, 10000)
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		h.cursor = evs[len(evs)-1].ID
+	}
+}
+
+// subscribe registers a watcher; the follower starts with the first one.
+func (h *hub) subscribe(ctx context.Context) (*subscriber, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, errors.New("event hub closed")
+	}
+	if !h.running {
+		if err := h.head(ctx); err != nil {
+			return nil, err
+		}
+		fctx, cancel := context.WithCancel(context.Background())
+		wake, err := h.st.Watch(fctx)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		h.running, h.stop, h.done = true, cancel, make(chan struct{})
+		go h.follow(fctx, wake, h.done)
+	}
+	s := &subscriber{ch: make(chan domain.ChangeEvent, h.buffer), overflow: make(chan struct{})}
+	h.subs[s] = struct{}{}
+	return s, nil
+}
+
+// unsubscribe removes a watcher; the follower stops with the last one.
+func (h *hub) unsubscribe(s *subscriber) {
+	h.mu.Lock()
+	delete(h.subs, s)
+	var stop context.CancelFunc
+	var done chan struct{}
+	if len(h.subs) == 0 && h.running {
+		stop, done, h.running = h.stop, h.done, false
+	}
+	h.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+func (h *hub) close() {
+	h.mu.Lock()
+	h.closed = true
+	stop, done, running := h.stop, h.done, h.running
+	h.running = false
+	h.mu.Unlock()
+	if running {
+		stop()
+		<-done
+	}
+}
+
+func (h *hub) follow(ctx context.Context, wake <-chan struct{}, done chan struct{}) {
+	defer close(done)
+	// Polling as well as waking covers a missed notification (e.g. a PostgreSQL reconnect).
+	t := time.NewTicker(h.pollEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-wake:
+			if !ok {
+				return
+			}
+		case <-t.C:
+		}
+		if err := h.deliver(ctx); err != nil && ctx.Err() == nil {
+			h.log.WarnContext(ctx, "event feed", "err", err)
+		}
+	}
+}
+
+func (h *hub) deliver(ctx context.Context) error {
+	for {
+		h.mu.Lock()
+		after := h.cursor
+		h.mu.Unlock()
+		evs, err := h.st.ChangesSince(ctx, after, 1000)
+		if err != nil || len(evs) == 0 {
+			return err
+		}
+		h.mu.Lock()
+		for _, e := range evs {
+			for s := range h.subs {
+				select {
+				case s.ch <- e:
+				default:
+					// Too slow: end its stream with Aborted rather than block everyone.
+					close(s.overflow)
+					delete(h.subs, s)
+				}
+			}
+		}
+		h.cursor = evs[len(evs)-1].ID
+		h.mu.Unlock()
+	}
+}
+
+var opEvent = map[domain.ChangeOp]v1.EventType{
+	domain.OpCreate: v1.EventType_EVENT_TYPE_CREATED,
+	domain.OpUpdate: v1.EventType_EVENT_TYPE_UPDATED,
+	domain.OpDelete: v1.EventType_EVENT_TYPE_DELETED,
+}
+
+func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchEventsRequest], stream *connect.ServerStream[v1.WatchEventsResponse]) error {
+	m := req.Msg
+	p, err := principal(ctx)
+	if err != nil {
+		return err
+	}
+	tenant := p.TenantID
+	switch {
+	case m.GetAllTenants() && !p.IsSuperAdmin():
+		return connect.NewError(connect.CodePermissionDenied, errors.New("all_tenants needs super_admin"))
+	case m.GetAllTenants():
+		tenant = ""
+	case m.GetTenantId() != "" && m.GetTenantId() != p.TenantID:
+		if !p.IsSuperAdmin() {
+			return connect.NewError(connect.CodePermissionDenied, errors.New("another tenant's events need super_admin"))
+		}
+		tenant = m.GetTenantId()
+	}
+	sys, _ := s.systemTenant(ctx)
+	kinds := m.GetResourceTypes()
+	sub, err := s.hub.subscribe(ctx)
+	if err != nil {
+		return s.toConnect(ctx, err)
+	}
+	defer s.hub.unsubscribe(sub)
+	// Send the headers now so that clients know the stream is established.
+	if err := stream.Send(&v1.WatchEventsResponse{Event: &v1.Event{EventType: v1.EventType_EVENT_TYPE_HEARTBEAT, EventTime: ts(s.now())}}); err != nil {
+		return err
+	}
+	hb := time.NewTicker(s.heartbeat)
+	defer hb.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.overflow:
+			return connect.NewError(connect.CodeAborted, errors.New("client too slow: list again and re-watch"))
+		case <-hb.C:
+			if err := stream.Send(&v1.WatchEventsResponse{Event: &v1.Event{EventType: v1.EventType_EVENT_TYPE_HEARTBEAT, EventTime: ts(s.now())}}); err != nil {
+				return err
+			}
+		case e := <-sub.ch:
+			// Deployment-wide resources (regions, shared relays) live in the system tenant and
+			// are visible to every tenant.
+			if tenant != "" && e.TenantID != tenant && e.TenantID != sys {
+				continue
+			}
+			rt := resourceTypePB(e.ResourceType)
+			if rt == v1.ResourceType_RESOURCE_TYPE_UNSPECIFIED || (len(kinds) > 0 && !slices.Contains(kinds, rt)) {
+				continue
+			}
+			ev := &v1.Event{
+				EventType: opEvent[e.Op], ResourceType: rt, ResourceId: e.ResourceID, TenantId: e.TenantID,
+				EventTime: ts(e.Time),
+			}
+			if e.TenantID == sys && tenant != sys {
+				ev.TenantId = ""
+			}
+			if e.Op != domain.OpDelete {
+				ev.Etag = etag(domain.Meta{Version: e.Version})
+				s.eventPayload(ctx, e, ev)
+			}
+			if err := stream.Send(&v1.WatchEventsResponse{Event: ev}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// eventPayload attaches the current node, relay or vrouter so that the UI need not re-read it.
+// A failed read (e.g. deleted since) leaves the payload empty.
+func (s *server) eventPayload(ctx context.Context, e domain.ChangeEvent, ev *v1.Event) {
+	_ = s.st.ReadTx(ctx, store.TenantScope(e.TenantID), func(tx store.Tx) error {
+		switch e.ResourceType {
+		case domain.ResourceNode:
+			n, err := tx.GetNode(ctx, e.ResourceID)
+			if err == nil {
+				ev.Payload = &v1.Event_Node{Node: nodePB(n)}
+			}
+		case domain.ResourceRelay:
+			r, err := tx.GetRelay(ctx, e.ResourceID)
+			if err == nil {
+				ev.Payload = &v1.Event_Relay{Relay: relayPB(r, false)}
+			}
+		case domain.ResourceVRouter:
+			v, err := tx.GetVRouter(ctx, e.ResourceID)
+			if err == nil {
+				ev.Payload = &v1.Event_Vrouter{Vrouter: vrouterPB(v)}
+			}
+		}
+		return nil
+	})
+}

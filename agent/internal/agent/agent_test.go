@@ -6,8 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,6 +18,7 @@ import (
 	xproxy "golang.org/x/net/proxy"
 
 	"github.com/cloudvlan/cloudvlan/agent/internal/state"
+	"github.com/cloudvlan/cloudvlan/agent/internal/testctl"
 )
 
 func TestMain(m *testing.M) {
@@ -85,7 +86,7 @@ func TestMesh(t *testing.T) {
 
 	// Policy: alpha refuses bravo. Bravo can no longer reach alpha (within a second or so of the
 	// change reaching it); charlie still can, and alpha can still open connections to bravo.
-	m.ctl.setDeny("n2", "n1", true)
+	m.ctl.SetDeny("n2", "n1", true)
 	eventually(t, 10*time.Second, "bravo cut from alpha", func() error {
 		if err := tcpEcho(b, netip.AddrPortFrom(addr4(a), 7), 700*time.Millisecond); err == nil {
 			return errString("bravo still reaches alpha")
@@ -101,21 +102,21 @@ func TestMesh(t *testing.T) {
 	if err := tcpEcho(a, netip.AddrPortFrom(addr4(b), 7), 5*time.Second); err != nil {
 		t.Fatalf("alpha -> bravo (alpha's own flow) after the deny: %v", err)
 	}
-	m.ctl.setDeny("n2", "n1", false)
+	m.ctl.SetDeny("n2", "n1", false)
 	eventually(t, 10*time.Second, "bravo restored", func() error { return tcpEcho(b, netip.AddrPortFrom(addr4(a), 7), 2*time.Second) })
 
 	// DNS inside the netstack, on alpha's own mesh address.
 	dnsAt := netip.AddrPortFrom(addr4(a), 53)
-	if got := lookup(t, a, dnsAt, "bravo."+testDomain, dns.TypeA); got.Rcode != dns.RcodeSuccess || len(got.Answer) != 1 || got.Answer[0].(*dns.A).A.String() != addr4(b).String() {
+	if got := lookup(t, a, dnsAt, "bravo."+testctl.Domain, dns.TypeA); got.Rcode != dns.RcodeSuccess || len(got.Answer) != 1 || got.Answer[0].(*dns.A).A.String() != addr4(b).String() {
 		t.Fatalf("bravo A: %v", got)
 	}
-	if got := lookup(t, a, dnsAt, "Charlie."+testDomain, dns.TypeAAAA); len(got.Answer) != 1 || got.Answer[0].(*dns.AAAA).AAAA.String() != addr6(c).String() {
+	if got := lookup(t, a, dnsAt, "Charlie."+testctl.Domain, dns.TypeAAAA); len(got.Answer) != 1 || got.Answer[0].(*dns.AAAA).AAAA.String() != addr6(c).String() {
 		t.Fatalf("charlie AAAA: %v", got)
 	}
-	if got := lookup(t, a, dnsAt, "db."+testDomain, dns.TypeA); len(got.Answer) != 1 || got.Answer[0].(*dns.A).A.String() != "100.64.9.9" {
+	if got := lookup(t, a, dnsAt, "db."+testctl.Domain, dns.TypeA); len(got.Answer) != 1 || got.Answer[0].(*dns.A).A.String() != "100.64.9.9" {
 		t.Fatalf("extra record: %v", got)
 	}
-	if got := lookup(t, a, dnsAt, "nobody."+testDomain, dns.TypeA); got.Rcode != dns.RcodeNameError {
+	if got := lookup(t, a, dnsAt, "nobody."+testctl.Domain, dns.TypeA); got.Rcode != dns.RcodeNameError {
 		t.Fatalf("unknown mesh name: rcode %d, want NXDOMAIN", got.Rcode)
 	}
 	if got := lookup(t, a, dnsAt, "example.com", dns.TypeA); got.Rcode != dns.RcodeRefused {
@@ -123,7 +124,7 @@ func TestMesh(t *testing.T) {
 	}
 
 	// The controller goes away: tunnels keep working.
-	m.ctl.stop()
+	m.ctl.Stop()
 	time.Sleep(time.Second)
 	for _, p := range [][2]*Agent{{a, b}, {b, c}, {c, a}} {
 		if err := tcpEcho(p[0], netip.AddrPortFrom(addr4(p[1]), 7), 5*time.Second); err != nil {
@@ -294,7 +295,7 @@ func TestProxies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := sd.Dial("tcp", "bravo."+testDomain+":7")
+	c, err := sd.Dial("tcp", "bravo."+testctl.Domain+":7")
 	if err != nil {
 		t.Fatalf("socks5 dial: %v", err)
 	}
@@ -307,14 +308,14 @@ func TestProxies(t *testing.T) {
 		t.Fatalf("socks5 echo %q %v", got, err)
 	}
 	c.Close()
-	if _, err := sd.Dial("tcp", "nobody."+testDomain+":7"); err == nil {
+	if _, err := sd.Dial("tcp", "nobody."+testctl.Domain+":7"); err == nil {
 		t.Fatal("socks5 reached an unknown mesh name")
 	}
 
 	// HTTP: absolute-URI GET and CONNECT through the HTTP proxy.
 	pu, _ := url.Parse("http://" + a.HTTPProxy.String())
 	hc := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(pu)}, Timeout: 10 * time.Second}
-	resp, err := hc.Get("http://bravo." + testDomain + "/x")
+	resp, err := hc.Get("http://bravo." + testctl.Domain + "/x")
 	if err != nil {
 		t.Fatal(err)
 	}

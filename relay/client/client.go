@@ -299,17 +299,22 @@ func (c *Client) RecvBatch(bufs [][]byte, sizes []int, srcs []Key) (int, error) 
 	if n == 0 {
 		return 0, nil
 	}
+	// Pop in chunks under one lock each, into a stack array.
+	var tmp [64]inItem
 	for {
 		got := 0
 		for got < n {
-			it, ok := c.recvQ.PopOne()
-			if !ok {
+			items := c.recvQ.Pop(tmp[:0], min(n-got, len(tmp)))
+			if len(items) == 0 {
 				break
 			}
-			sizes[got] = copy(bufs[got], it.buf.B)
-			srcs[got] = it.src
-			c.pool.Put(it.buf)
-			got++
+			for i := range items {
+				sizes[got] = copy(bufs[got], items[i].buf.B)
+				srcs[got] = items[i].src
+				c.pool.Put(items[i].buf)
+				items[i] = inItem{}
+				got++
+			}
 		}
 		if got > 0 {
 			return got, nil

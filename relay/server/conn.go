@@ -40,10 +40,23 @@ const meshQueueLen = 8192
 // before flushing, to fill TLS records better under load.
 const flushThreshold = 8 << 10
 
-// backpressureAt is the fill of a destination queue above which a reader
-// yields its processor once, giving the destination's writer a chance to
-// drain before packets are dropped. It never blocks.
+// backpressureDiv: above 1/backpressureDiv of a destination queue's bound a
+// reader yields its processor once, giving the destination's writer a chance
+// to drain before packets are dropped. It never blocks.
 const backpressureDiv = 2
+
+// Bounded backpressure. When a destination's queue is full but its writer is
+// making progress (it wrote within stallAfter), the sender's reader waits up
+// to maxSpaceWait for room instead of dropping: the sender's TCP connection
+// then slows the sender, and the relay stops spending CPU decrypting
+// packets it would drop. A stalled destination (a slow or dead reader) gets
+// no waiting at all, and each sender may spend at most waitBudget per second
+// waiting, so that no receiver can hold a sender's other traffic back for long.
+const (
+	stallAfter   = 20 * time.Millisecond
+	maxSpaceWait = 2 * time.Millisecond
+	waitBudget   = 100 * time.Millisecond
+)
 
 // controlHeadroom is how many control entries may exceed a data queue's bound.
 const controlHeadroom = 1 << 20
@@ -129,6 +142,12 @@ type conn struct {
 	sweepAt     int
 	nextRefresh time.Time
 	ping        [8]byte
+	spaceTimer  *time.Timer
+	waitWindow  time.Time     // start of the current one-second wait budget window
+	waited      time.Duration // waiting spent in the window
+
+	// progress is when the writer last wrote (unix nanoseconds).
+	progress atomic.Int64
 }
 
 func (s *Server) newConn(r role, id identity.Identity) *conn {
@@ -402,21 +421,66 @@ func (c *conn) forward(now time.Time, dst frame.Key, buf *bufpool.Buf, plen int)
 	if r.remote {
 		it.typ, it.dst = frame.TypeForwardPacket, dst
 	}
-	dropped, res := r.via.q.Push(it)
-	if res == pktq.Pushed && r.via.q.Len() > s.cfg.SendQueueLen/backpressureDiv {
+	c.push(now, r.via, it, plen)
+}
+
+// push queues it on dst: a full queue first gets a bounded wait (see
+// maxSpaceWait), then loses its oldest packet.
+func (c *conn) push(now time.Time, dst *conn, it item, plen int) {
+	s := c.s
+	res, n := dst.q.TryPush(it)
+	if res == pktq.Full {
+		c.waitForSpace(now, dst)
+		var dropped item
+		dropped, res = dst.q.Push(it)
+		if res == pktq.PushedDropped {
+			c.stats.drops[DropQueueFull].Add(1)
+			s.pool.Put(dropped.buf)
+		}
+	} else if n > dst.q.Max()/backpressureDiv {
 		runtime.Gosched()
 	}
 	switch res {
 	case pktq.Closed:
 		c.stats.drops[DropDestClosed].Add(1)
-		s.pool.Put(buf)
+		s.pool.Put(it.buf)
 		return
-	case pktq.PushedDropped:
-		c.stats.drops[DropQueueFull].Add(1)
-		s.pool.Put(dropped.buf)
 	}
 	c.stats.packets.Add(1)
 	c.stats.bytes.Add(uint64(plen))
+}
+
+// waitForSpace waits briefly for room in dst's queue (see maxSpaceWait).
+func (c *conn) waitForSpace(now time.Time, dst *conn) {
+	if now.UnixNano()-dst.progress.Load() > int64(stallAfter) {
+		return // stalled destination: drop instead
+	}
+	if now.Sub(c.waitWindow) > time.Second {
+		c.waitWindow, c.waited = now, 0
+	}
+	if c.waited >= waitBudget {
+		return
+	}
+	if c.spaceTimer == nil {
+		c.spaceTimer = time.NewTimer(maxSpaceWait)
+	} else {
+		c.spaceTimer.Reset(maxSpaceWait)
+	}
+	defer func() {
+		c.spaceTimer.Stop()
+		c.waited += time.Since(now)
+	}()
+	for dst.q.Full() {
+		select {
+		case <-dst.q.Space():
+		case <-c.spaceTimer.C:
+			return
+		case <-dst.done:
+			return
+		case <-c.done:
+			return
+		}
+	}
 }
 
 // lookup finds a live route to dst within c's tenant and records c as a
@@ -484,18 +548,7 @@ func (c *conn) deliverForwarded(buf *bufpool.Buf, plen int) {
 		}
 		c.lastRoute = r
 	}
-	dropped, res := r.via.q.Push(item{typ: frame.TypeRecvPacket, src: src, buf: buf, off: 2 * frame.KeyLen})
-	switch res {
-	case pktq.Closed:
-		c.stats.drops[DropDestClosed].Add(1)
-		s.pool.Put(buf)
-		return
-	case pktq.PushedDropped:
-		c.stats.drops[DropQueueFull].Add(1)
-		s.pool.Put(dropped.buf)
-	}
-	c.stats.packets.Add(1)
-	c.stats.bytes.Add(uint64(plen))
+	c.push(time.Now(), r.via, item{typ: frame.TypeRecvPacket, src: src, buf: buf, off: 2 * frame.KeyLen}, plen)
 }
 
 // readPresence applies a mesh peer's PeerPresent or PeerGone.
@@ -618,6 +671,7 @@ func (c *conn) writeLoop() {
 				s.pool.Put(batch[i].buf)
 				batch[i] = item{}
 			}
+			c.progress.Store(time.Now().UnixNano())
 		}
 		if err == nil {
 			err = bw.Flush()

@@ -18,6 +18,7 @@ type Queue[T any] struct {
 	hardMax int
 	closed  bool
 	ready   chan struct{}
+	space   chan struct{}
 }
 
 // New returns a queue that holds at most max data entries and hardMax entries
@@ -26,11 +27,25 @@ func New[T any](max, hardMax int) *Queue[T] {
 	if hardMax < max {
 		hardMax = max
 	}
-	return &Queue[T]{max: max, hardMax: hardMax, ready: make(chan struct{}, 1)}
+	return &Queue[T]{max: max, hardMax: hardMax, ready: make(chan struct{}, 1), space: make(chan struct{}, 1)}
 }
 
 // Ready is signalled after pushes; the consumer then drains with Pop.
 func (q *Queue[T]) Ready() <-chan struct{} { return q.ready }
+
+// Space is signalled after Pop removed entries, for a producer that chose to
+// wait briefly instead of dropping.
+func (q *Queue[T]) Space() <-chan struct{} { return q.space }
+
+// Max returns the data bound.
+func (q *Queue[T]) Max() int { return q.max }
+
+// Full reports whether a data Push would drop the oldest entry now.
+func (q *Queue[T]) Full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)-q.head >= q.max
+}
 
 func (q *Queue[T]) signal() {
 	select {
@@ -53,6 +68,8 @@ const (
 	Closed
 	// Overflow: a control entry hit the hard cap; it was not queued.
 	Overflow
+	// Full: TryPush found the queue full; the entry was not queued.
+	Full
 )
 
 func (q *Queue[T]) append(v T) {
@@ -82,10 +99,36 @@ func (q *Queue[T]) Push(v T) (dropped T, res PushResult) {
 		q.head++
 		res = PushedDropped
 	}
+	wasEmpty := len(q.items) == q.head
 	q.append(v)
 	q.mu.Unlock()
-	q.signal()
+	// The consumer drains to empty before it waits again, so only the push
+	// onto an empty queue needs to wake it.
+	if wasEmpty {
+		q.signal()
+	}
 	return dropped, res
+}
+
+// TryPush queues a data entry unless the queue is full (result Full) or
+// closed. It returns the queue length after the push.
+func (q *Queue[T]) TryPush(v T) (PushResult, int) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return Closed, 0
+	}
+	n := len(q.items) - q.head
+	if n >= q.max {
+		q.mu.Unlock()
+		return Full, n
+	}
+	q.append(v)
+	q.mu.Unlock()
+	if n == 0 {
+		q.signal()
+	}
+	return Pushed, n + 1
 }
 
 // PushControl queues an entry that must not be dropped for space. It fails
@@ -101,9 +144,12 @@ func (q *Queue[T]) PushControl(v T) PushResult {
 		q.mu.Unlock()
 		return Overflow
 	}
+	wasEmpty := len(q.items) == q.head
 	q.append(v)
 	q.mu.Unlock()
-	q.signal()
+	if wasEmpty {
+		q.signal()
+	}
 	return Pushed
 }
 
@@ -129,6 +175,12 @@ func (q *Queue[T]) Pop(out []T, n int) []T {
 	q.mu.Unlock()
 	if left > 0 {
 		q.signal()
+	}
+	if n > 0 {
+		select {
+		case q.space <- struct{}{}:
+		default:
+		}
 	}
 	return out
 }

@@ -13,6 +13,9 @@ func TestDropOldest(t *testing.T) {
 	if res != PushedDropped || d != 1 {
 		t.Fatalf("push 4: dropped %d res %v", d, res)
 	}
+	if r, n := q.TryPush(42); r != Full || n != 3 {
+		t.Fatalf("TryPush on full queue: %v %d", r, n)
+	}
 	if r := q.PushControl(5); r != Pushed {
 		t.Fatalf("control: %v", r)
 	}

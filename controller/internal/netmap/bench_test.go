@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/policy"
 )
@@ -86,16 +87,18 @@ func BenchmarkJoin(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/N=%d", pc.name, n), func(b *testing.B) {
 				e, perNode := loadEngine(b, n, groupSize, pc.ps)
 				affected := 0
+				var cpu time.Duration
 				b.ResetTimer()
 				for i := range b.N {
-					// Join into an existing team (index i*groupSize+1 modulo n
-					// picks a team), as a new id.
+					// Join a new id into an existing team.
 					node := benchNode(n+i, groupSize)
 					node.Tags = benchNode((i*groupSize)%n, groupSize).Tags
+					c0 := processCPU()
 					ds, err := e.UpsertNode(net1, node)
 					if err != nil {
 						b.Fatal(err)
 					}
+					cpu += processCPU() - c0
 					affected = len(ds)
 					b.StopTimer()
 					if _, err := e.RemoveNode(net1, node.ID); err != nil {
@@ -105,6 +108,7 @@ func BenchmarkJoin(b *testing.B) {
 				}
 				b.ReportMetric(float64(affected), "affected")
 				b.ReportMetric(perNode, "B/node")
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 			})
 		}
 	}
@@ -187,5 +191,36 @@ func BenchmarkSnapshot(b *testing.B) {
 				b.ReportMetric(float64(peers), "peers")
 			})
 		}
+	}
+}
+
+// BenchmarkChurnMemory gives every node of a selective cvlan one status change
+// (each reaching its 50-node group), so every node's delta ring fills up
+// (50 deltas > the 32 kept): the engine's memory per node in steady state.
+// One op is the whole pass; "B/node" is the heap per node afterwards.
+func BenchmarkChurnMemory(b *testing.B) {
+	const groupSize = 50
+	for _, n := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("selective/N=%d", n), func(b *testing.B) {
+			ids := make([]string, n)
+			for i := range ids {
+				ids[i] = benchNode(i, groupSize).ID
+			}
+			before := heapInUse()
+			e, _ := loadEngine(b, n, groupSize, selectivePolicy(n, groupSize))
+			b.ResetTimer()
+			for i := range b.N {
+				for _, id := range ids {
+					if _, err := e.SetStatus(net1, id, Status{Online: i%2 == 0}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.StopTimer()
+			after := heapInUse()
+			runtime.KeepAlive(e)
+			b.ReportMetric(float64(after-before)/float64(n), "B/node")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/change")
+		})
 	}
 }

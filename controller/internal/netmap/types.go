@@ -1,13 +1,3 @@
-// Package netmap computes each node's view of its cvlan (self, the peers policy
-// lets it talk to, packet filter, DNS records, relay map) and, for every change,
-// the deltas of exactly the nodes the change affects, with a per-node version and
-// a bounded per-node history so a reconnecting agent can resume.
-//
-// It is pure domain code (standard library and the policy package only): the API
-// layer converts Views and Deltas to protobuf and feeds changes from the store.
-//
-// Values returned by the Engine (Views, Deltas, Peers) are shared with the
-// Engine's history and must be treated as read-only.
 package netmap
 
 import (

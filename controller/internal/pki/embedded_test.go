@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -372,5 +373,112 @@ func TestEmbeddedSignServer(t *testing.T) {
 	}
 	if _, err := e.SignServer(context.Background(), csr, nil, 0); !errors.Is(err, ErrInvalidName) {
 		t.Fatalf("SignServer without names = %v", err)
+	}
+}
+
+func TestEmbeddedRefusesIncompleteCA(t *testing.T) {
+	for _, missing := range []string{rootCertFile, intermediateCertFile, intermediateKeyFile} {
+		t.Run(missing, func(t *testing.T) {
+			data := t.TempDir()
+			newEmbedded(t, data)
+			if err := os.Remove(caFile(data, missing)); err != nil {
+				t.Fatal(err)
+			}
+			// Regenerating would silently change the root and strand every
+			// enrolled node, so a damaged CA is an error, not a fresh start.
+			_, err := NewEmbedded(context.Background(), data, WithLogger(quietLogger()))
+			if err == nil || !strings.Contains(err.Error(), missing) {
+				t.Fatalf("NewEmbedded without %s = %v, want an error naming it", missing, err)
+			}
+		})
+	}
+}
+
+func TestEmbeddedConcurrentSignAndRenew(t *testing.T) {
+	e := newEmbedded(t, t.TempDir())
+	v := VerifierFor(e)
+	ctx := context.Background()
+	const workers, each = 8, 10
+	// CSRs are made up front: t.Fatal must not run on these goroutines.
+	csrs := make([][]*x509.CertificateRequest, workers)
+	for w := range csrs {
+		for range each + 1 {
+			csrs[w] = append(csrs[w], csrFor(t, newKey(t), &x509.CertificateRequest{}))
+		}
+	}
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			var err error
+			defer func() { errs <- err }()
+			id := identity.ID{TenantID: "t", Kind: identity.KindRelay, ResourceID: fmt.Sprintf("r%d", w)}
+			req := SignRequest{CSR: csrs[w][0], ID: id, WGKey: wgKey(byte(w + 1)), DNSNames: []string{"relay.example.com", "10.1.1.1"}}
+			for i := range each {
+				var chain Chain
+				if chain, err = e.Sign(ctx, req); err != nil {
+					return
+				}
+				var peer Peer
+				if peer, err = v.VerifyChain(append([]*x509.Certificate{chain.Leaf}, chain.Intermediates...)); err != nil {
+					return
+				}
+				if peer.ID.ResourceID != id.ResourceID || peer.WGKey[0] != byte(w+1) {
+					err = fmt.Errorf("got identity %s key %x, want %s", peer.ID, peer.WGKey, id)
+					return
+				}
+				// Renewal keeps identity, key and names.
+				req = peer.RenewRequest(csrs[w][i+1], time.Hour)
+			}
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestRenewRequest(t *testing.T) {
+	e := newEmbedded(t, t.TempDir())
+	first, err := e.Sign(context.Background(), SignRequest{
+		CSR: csrFor(t, newKey(t), &x509.CertificateRequest{}),
+		ID:  identity.ID{Kind: identity.KindRelay, ResourceID: "r1"}, DNSNames: []string{"r1.example.com", "::1"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, err := VerifierFor(e).VerifyChain([]*x509.Certificate{first.Leaf, first.Intermediates[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := peer.RenewRequest(csrFor(t, newKey(t), &x509.CertificateRequest{}), 0)
+	if req.WGKey != nil {
+		t.Fatalf("relay without a key got WGKey %x", req.WGKey)
+	}
+	next, err := e.Sign(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Leaf.URIs[0].String() != first.Leaf.URIs[0].String() || !slices.Equal(next.Leaf.DNSNames, first.Leaf.DNSNames) ||
+		len(next.Leaf.IPAddresses) != 1 || !next.Leaf.IPAddresses[0].Equal(first.Leaf.IPAddresses[0]) {
+		t.Fatalf("renewed certificate names differ: %v %v %v", next.Leaf.URIs, next.Leaf.DNSNames, next.Leaf.IPAddresses)
+	}
+}
+
+func TestNewPicksEmbedded(t *testing.T) {
+	data := t.TempDir()
+	a, err := New(context.Background(), data, nil, WithLogger(quietLogger()), WithTrustDomain("example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = a.Close() })
+	if _, ok := a.(*Embedded); !ok || a.TrustDomain() != "example.org" {
+		t.Fatalf("New(nil external) = %T with trust domain %q", a, a.TrustDomain())
+	}
+	if _, err := os.Stat(caFile(data, rootCertFile)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(context.Background(), data, nil, WithTrustDomain("Bad Domain")); err == nil {
+		t.Fatal("New accepted an invalid trust domain")
 	}
 }

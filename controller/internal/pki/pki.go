@@ -366,3 +366,12 @@ func checkIssued(chain Chain, spec leafSpec, roots *x509.CertPool) error {
 	}
 	return nil
 }
+
+// New returns the External authority when ext is set, else the Embedded one
+// with its CA files under dataDir: the choice cmd/cvlan-controller offers.
+func New(ctx context.Context, dataDir string, ext *ExternalConfig, opts ...Option) (Authority, error) {
+	if ext != nil {
+		return NewExternal(ctx, *ext, opts...)
+	}
+	return NewEmbedded(ctx, dataDir, opts...)
+}

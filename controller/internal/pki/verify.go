@@ -41,6 +41,23 @@ type Peer struct {
 	Leaf *x509.Certificate
 }
 
+// RenewRequest returns the SignRequest for the next certificate of this
+// peer: same identity, WireGuard key and DNS names, with a new CSR (a new
+// key is the point of renewing). Set WGKey on the result to rotate the key.
+func (p Peer) RenewRequest(csr *x509.CertificateRequest, ttl time.Duration) SignRequest {
+	req := SignRequest{CSR: csr, ID: p.ID, TTL: ttl}
+	if p.WGKey != ([32]byte{}) {
+		req.WGKey = append([]byte(nil), p.WGKey[:]...)
+	}
+	if p.Leaf != nil {
+		req.DNSNames = append(req.DNSNames, p.Leaf.DNSNames...)
+		for _, ip := range p.Leaf.IPAddresses {
+			req.DNSNames = append(req.DNSNames, ip.String())
+		}
+	}
+	return req
+}
+
 // Verifier checks client certificate chains against the CA's roots. It is
 // what the node port calls per RPC: the TLS handshake already verified the
 // chain once, but a stream may outlive its certificate, and identity checks

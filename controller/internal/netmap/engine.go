@@ -33,12 +33,21 @@ var (
 // DefaultHistory is the number of deltas kept per node when Options.History is 0.
 const DefaultHistory = 32
 
+// DefaultMaxDeltaPeers is Options.MaxDeltaPeers when it is 0.
+const DefaultMaxDeltaPeers = 1000
+
 // Options configure an Engine.
 type Options struct {
 	// History is how many deltas each node keeps for resumption (a ring per
 	// node, allocated as deltas arrive, so idle nodes cost nothing). 0 means
 	// DefaultHistory.
 	History int
+	// MaxDeltaPeers bounds the peers one policy change may add to or remove
+	// from one node's view as a delta; beyond it the node gets a Resync delta
+	// (and a snapshot from the caller). Without it, turning a 100,000-node
+	// network all-to-all would build 10^10 peer entries in memory at once.
+	// 0 means DefaultMaxDeltaPeers; negative means no limit.
+	MaxDeltaPeers int
 }
 
 // Engine holds the networks (tenant+cvlan) of one controller replica and computes
@@ -51,7 +60,8 @@ type Options struct {
 // Methods take no context.Context: they do no I/O and never block on anything
 // but the network's lock.
 type Engine struct {
-	history int
+	history       int
+	maxDeltaPeers int
 
 	mu       sync.RWMutex
 	networks map[NetworkID]*network
@@ -67,7 +77,11 @@ func New(opts Options) *Engine {
 	if h <= 0 {
 		h = DefaultHistory
 	}
-	e := &Engine{history: h, networks: make(map[NetworkID]*network)}
+	m := opts.MaxDeltaPeers
+	if m == 0 {
+		m = DefaultMaxDeltaPeers
+	}
+	e := &Engine{history: h, maxDeltaPeers: m, networks: make(map[NetworkID]*network)}
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
 	e.epochs.Store(binary.LittleEndian.Uint64(b[:]) &^ (1<<20 - 1))
@@ -77,6 +91,7 @@ func New(opts Options) *Engine {
 func (e *Engine) newEpoch() uint64 { return e.epochs.Add(1) }
 
 type network struct {
+	e       *Engine
 	mu      sync.RWMutex
 	id      NetworkID
 	cfg     NetworkConfig
@@ -135,20 +150,21 @@ func (e *Engine) network(id NetworkID, create bool) *network {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if nw = e.networks[id]; nw == nil {
-		nw = newNetwork(id, NetworkConfig{}, e.history)
+		nw = e.newNetwork(id, NetworkConfig{})
 		e.networks[id] = nw
 	}
 	return nw
 }
 
-func newNetwork(id NetworkID, cfg NetworkConfig, history int) *network {
+func (e *Engine) newNetwork(id NetworkID, cfg NetworkConfig) *network {
 	return &network{
+		e:       e,
 		id:      id,
 		cfg:     cfg,
 		dir:     policy.NewDirectory(),
 		nodes:   make(map[string]*nodeState),
 		names:   make(map[string]string),
-		history: history,
+		history: e.history,
 	}
 }
 
@@ -168,7 +184,7 @@ func (e *Engine) Load(id NetworkID, cfg NetworkConfig, nodes []Node, policies []
 	if err != nil {
 		return fmt.Errorf("load network %s/%s: %w", id.Tenant, id.Cvlan, err)
 	}
-	nw := newNetwork(id, cfg, e.history)
+	nw := e.newNetwork(id, cfg)
 	nw.pol = c
 	nw.relay = cloneRelayMap(relay)
 	nw.dir.Track(c.CIDRs())
@@ -198,8 +214,8 @@ func (e *Engine) Load(id NetworkID, cfg NetworkConfig, nodes []Node, policies []
 
 // SetNetworkConfig sets a network's DNS settings, creating the network if
 // needed. A change renames every DNS record, so instead of a delta per record it
-// moves every node to a new epoch and returns their ids: each needs a snapshot.
-func (e *Engine) SetNetworkConfig(id NetworkID, cfg NetworkConfig) (resync []string) {
+// returns a Resync delta for every node: each needs a snapshot.
+func (e *Engine) SetNetworkConfig(id NetworkID, cfg NetworkConfig) []*Delta {
 	nw := e.network(id, true)
 	nw.mu.Lock()
 	defer nw.mu.Unlock()
@@ -207,14 +223,12 @@ func (e *Engine) SetNetworkConfig(id NetworkID, cfg NetworkConfig) (resync []str
 		return nil
 	}
 	nw.cfg = cfg
-	for nid, st := range nw.nodes {
+	b := nw.newBatch(len(nw.nodes))
+	for _, st := range nw.nodes {
 		st.peer = nw.peerOf(&st.node)
-		st.epoch = e.newEpoch()
-		st.version = 1
-		st.hist = ring{}
-		resync = append(resync, nid)
+		b.resync(st.node.ID)
 	}
-	return resync
+	return b.commit()
 }
 
 func nameKey(name string) string { return strings.ToLower(name) }
@@ -309,8 +323,16 @@ type batch struct {
 // draft is a delta being built; owned is false while its Change is shared with
 // other nodes and must be copied before it is modified.
 type draft struct {
-	d     Delta // in the draft, so a fan-out allocates once per node
-	owned bool
+	d      Delta // in the draft, so a fan-out allocates once per node
+	owned  bool
+	resync bool
+}
+
+// resync marks the node for a snapshot; whatever else the batch gives it is
+// dropped at commit.
+func (b *batch) resync(id string) {
+	b.mut(id)
+	b.drafts[id].resync = true
 }
 
 // newBatch starts a batch; hint is the expected number of affected nodes.
@@ -386,6 +408,12 @@ func (b *batch) commit() []*Delta {
 		d := &dr.d
 		st := b.nw.nodes[d.NodeID]
 		if st == nil {
+			continue
+		}
+		if dr.resync {
+			st.epoch, st.version, st.hist = b.nw.e.newEpoch(), 1, ring{}
+			*d = Delta{NodeID: d.NodeID, Epoch: st.epoch, Version: 1, Resync: true, Change: &Change{}}
+			out = append(out, d)
 			continue
 		}
 		d.BaseVersion = st.version
@@ -627,10 +655,16 @@ func (e *Engine) SetPolicies(id NetworkID, policies []policy.Policy) ([]*Delta, 
 	affected := policy.Affected(nw.dir, old, c)
 	b := nw.newBatch(len(affected))
 	type diff struct{ added, removed []string }
+	// A node whose view would change by more than maxDeltaPeers peers gets a
+	// Resync instead of a delta.
 	diffs := make([]diff, len(affected))
 	for i, nid := range affected {
 		a := attrsOf(&nw.nodes[nid].node)
-		diffs[i].added, diffs[i].removed = policy.PeerDiff(nw.dir, old, a, c, a)
+		var ok bool
+		diffs[i].added, diffs[i].removed, ok = policy.PeerDiffLimit(nw.dir, old, a, c, a, e.maxDeltaPeers)
+		if !ok {
+			b.resync(nid)
+		}
 	}
 	nw.pol = c
 	for i, nid := range affected {

@@ -288,6 +288,39 @@ func TestSelectiveChangeTouchesOnlyItsGroup(t *testing.T) {
 	if len(deltas) != size || deltas[0].PacketFilterChanged || len(deltas[0].PeersUpserted) != 1 || !deltas[0].PeersUpserted[0].Online {
 		t.Errorf("status: %d deltas, first %+v", len(deltas), deltas[0])
 	}
+
+	// Linking two groups touches their 100 members only.
+	linked := append(tagPolicy(tags...), policy.Policy{ID: "link", Enabled: true, Rules: []policy.Rule{{Action: policy.ActionAllow,
+		Sources: []policy.Target{policy.Tag("g1")}, Destinations: []policy.Target{policy.Tag("g2")}, Protocol: policy.ProtoTCP}}})
+	deltas, err = e.SetPolicies(net1, linked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(deltas) != 2*size {
+		t.Errorf("link: %d deltas, want %d", len(deltas), 2*size)
+	}
+	for _, d := range deltas {
+		if len(d.PeersUpserted) != size || d.Resync {
+			t.Errorf("link: delta for %s has %d new peers (resync %v), want %d", d.NodeID, len(d.PeersUpserted), d.Resync, size)
+			break
+		}
+	}
+
+	// Going all-to-all would add ~2,000 peers per node: every node resyncs
+	// instead of receiving a huge delta.
+	deltas, err = e.SetPolicies(net1, allToAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(deltas) != groups*size+1 {
+		t.Errorf("all-to-all: %d deltas, want %d", len(deltas), groups*size+1)
+	}
+	for _, d := range deltas {
+		if !d.Resync {
+			t.Errorf("all-to-all: delta for %s is not a resync", d.NodeID)
+			break
+		}
+	}
 }
 
 // randomWorld drives an engine with random changes and keeps, per node, the view
@@ -302,6 +335,7 @@ type randomWorld struct {
 	lag       map[string]Snapshot
 	resumes   int
 	snapshots int
+	resyncs   int
 }
 
 var (
@@ -392,6 +426,15 @@ func (w *randomWorld) apply(step int, what string, ds []*Delta, err error) {
 			t.Fatalf("step %d %s: two deltas for %s", step, what, d.NodeID)
 		}
 		seen[d.NodeID] = true
+		if d.Resync {
+			s := mustSnap(t, w.e, d.NodeID)
+			if s.Epoch != d.Epoch || s.Version != d.Version {
+				t.Fatalf("step %d %s: resync of %s at %d/%d, snapshot %d/%d", step, what, d.NodeID, d.Epoch, d.Version, s.Epoch, s.Version)
+			}
+			w.views[d.NodeID], w.vers[d.NodeID] = s.View, s.Version
+			w.resyncs++
+			continue
+		}
 		v, ok := w.views[d.NodeID]
 		if !ok {
 			t.Fatalf("step %d %s: delta for %s which has no snapshot", step, what, d.NodeID)
@@ -465,7 +508,7 @@ func TestDeltasReproduceSnapshots(t *testing.T) {
 	const seeds, steps, maxNodes = 8, 120, 16
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			w := &randomWorld{t: t, r: rand.New(rand.NewPCG(seed, 99)), e: New(Options{History: 6}),
+			w := &randomWorld{t: t, r: rand.New(rand.NewPCG(seed, 99)), e: New(Options{History: 6, MaxDeltaPeers: int(seed%3) * 3}),
 				views: map[string]View{}, vers: map[string]uint64{}, lag: map[string]Snapshot{}}
 			w.e.SetNetworkConfig(net1, NetworkConfig{CvlanName: "cv", Domain: "mesh.test"})
 			for step := range steps {
@@ -509,6 +552,7 @@ func TestDeltasReproduceSnapshots(t *testing.T) {
 			if w.resumes == 0 || w.snapshots == 0 {
 				t.Errorf("catch-up exercised %d resumes and %d snapshots, want both", w.resumes, w.snapshots)
 			}
+			t.Logf("%d resumes, %d snapshots, %d resyncs", w.resumes, w.snapshots, w.resyncs)
 		})
 	}
 }
@@ -626,7 +670,13 @@ func TestSetNetworkConfigForcesResync(t *testing.T) {
 		}
 	}
 	before := mustSnap(t, e, "n0")
-	resync := e.SetNetworkConfig(net1, NetworkConfig{CvlanName: "lab", Domain: "corp.example"})
+	var resync []string
+	for _, d := range e.SetNetworkConfig(net1, NetworkConfig{CvlanName: "lab", Domain: "corp.example"}) {
+		if !d.Resync || d.Version != 1 || len(d.PeersUpserted) > 0 {
+			t.Errorf("delta %+v, want an empty Resync at version 1", d)
+		}
+		resync = append(resync, d.NodeID)
+	}
 	slices.Sort(resync)
 	if !slices.Equal(resync, []string{"n0", "n1", "n2"}) {
 		t.Errorf("resync = %v", resync)

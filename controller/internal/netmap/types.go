@@ -136,6 +136,10 @@ type Delta struct {
 	Epoch       uint64
 	BaseVersion uint64
 	Version     uint64
+	// Resync means the change was too large to express as a delta for this
+	// node: it moved to a new Epoch at Version 1 and needs a Snapshot. Such a
+	// delta carries no content and is not kept in the history.
+	Resync bool
 	// Change is what changed. Nodes affected the same way by one change share one
 	// Change value (a join in an all-to-all network costs one Change, not N),
 	// which is why it must be treated as read-only.

@@ -172,20 +172,26 @@ func removeFrom(m map[string]slotSet, k string, s int32) {
 
 // eachMember calls fn for every node slot the target selects.
 func (d *Directory) eachMember(t Target, fn func(int32)) {
+	d.eachMemberWhile(t, func(s int32) bool { fn(s); return true })
+}
+
+// eachMemberWhile is eachMember stopping when fn returns false; it reports
+// whether it visited every member.
+func (d *Directory) eachMemberWhile(t Target, fn func(int32) bool) bool {
 	var set slotSet
 	switch t.Kind {
 	case KindAny:
 		for s := range d.slots {
-			if d.slots[s].live {
-				fn(int32(s))
+			if d.slots[s].live && !fn(int32(s)) {
+				return false
 			}
 		}
-		return
+		return true
 	case KindNode:
 		if s, ok := d.byID[t.ID]; ok {
-			fn(s)
+			return fn(s)
 		}
-		return
+		return true
 	case KindUser:
 		set = d.users[t.ID]
 	case KindGroup:
@@ -196,8 +202,11 @@ func (d *Directory) eachMember(t Target, fn func(int32)) {
 		set = d.cidrs[t.Prefix]
 	}
 	for s := range set {
-		fn(s)
+		if !fn(s) {
+			return false
+		}
 	}
+	return true
 }
 
 // matches reports whether a node with attributes a is selected by t.

@@ -193,6 +193,16 @@ func (c *Compiled) Visible(a, b NodeAttrs) bool {
 // visits only members of targets that were added or removed, so adding a
 // selective rule in an all-to-all network does not enumerate the network.
 func PeerDiff(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA NodeAttrs) (added, removed []string) {
+	added, removed, _ = PeerDiffLimit(d, oldC, oldA, newC, newA, 0)
+	return added, removed
+}
+
+// PeerDiffLimit is PeerDiff giving up (ok false, nil lists) once more than limit
+// peers would be added or removed (limit <= 0: no limit). The caller then
+// resynchronises the node with a snapshot instead of building a huge delta;
+// without deny rules the enumeration itself stops early, so turning a large
+// network all-to-all costs about limit per node rather than N.
+func PeerDiffLimit(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA NodeAttrs, limit int) (added, removed []string, ok bool) {
 	oldSrc, oldDst := oldC.matchRules(&oldA, bySrcOf(oldC)), oldC.matchRules(&oldA, byDstOf(oldC))
 	newSrc, newDst := newC.matchRules(&newA, bySrcOf(newC)), newC.matchRules(&newA, byDstOf(newC))
 	if (oldC == nil || !oldC.hasDeny(oldSrc, oldDst)) && (newC == nil || !newC.hasDeny(newSrc, newDst)) {
@@ -204,7 +214,8 @@ func PeerDiff(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA
 			newT = newC.candidates(newSrc, newDst)
 		}
 		self, hasSelf := d.byID[newA.ID]
-		diff := func(from, against []Target) []int32 {
+		count := 0
+		diff := func(from, against []Target) ([]int32, bool) {
 			seen := d.acquire()
 			defer d.release(seen)
 			var out []int32
@@ -212,18 +223,31 @@ func PeerDiff(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA
 				if slices.Contains(against, t) {
 					continue
 				}
-				d.eachMember(t, func(s int32) {
+				complete := d.eachMemberWhile(t, func(s int32) bool {
 					if (hasSelf && s == self) || seen.testAndSet(s) {
-						return
+						return true
 					}
 					if !matchesAny(&d.slots[s].attrs, against) {
 						out = append(out, s)
+						count++
 					}
+					return limit <= 0 || count <= limit
 				})
+				if !complete {
+					return nil, false
+				}
 			}
-			return out
+			return out, true
 		}
-		return d.ids(diff(newT, oldT)), d.ids(diff(oldT, newT))
+		add, ok := diff(newT, oldT)
+		if !ok {
+			return nil, nil, false
+		}
+		rem, ok := diff(oldT, newT)
+		if !ok {
+			return nil, nil, false
+		}
+		return d.ids(add), d.ids(rem), true
 	}
 	oldSeen, oldV := oldC.visible(d, &oldA)
 	newSeen, newV := newC.visible(d, &newA)
@@ -240,7 +264,10 @@ func PeerDiff(d *Directory, oldC *Compiled, oldA NodeAttrs, newC *Compiled, newA
 			rem = append(rem, s)
 		}
 	}
-	return d.ids(add), d.ids(rem)
+	if limit > 0 && len(add)+len(rem) > limit {
+		return nil, nil, false
+	}
+	return d.ids(add), d.ids(rem), true
 }
 
 func bySrcOf(c *Compiled) map[Target][]int32 {

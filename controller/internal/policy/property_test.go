@@ -274,6 +274,12 @@ func TestPropertyAgainstReference(t *testing.T) {
 			if !slices.Equal(sorted(add), minus(want1, want0)) || !slices.Equal(sorted(rem), minus(want0, want1)) {
 				t.Fatalf("%s\nPeerDiff(%s) = +%v -%v, want +%v -%v", ctx(), n.ID, add, rem, minus(want1, want0), minus(want0, want1))
 			}
+			limit := 1 + r.IntN(4)
+			la, lr, ok := PeerDiffLimit(d, c0, n, c1, n, limit)
+			total := len(minus(want1, want0)) + len(minus(want0, want1))
+			if ok != (total <= limit) || (ok && (!slices.Equal(sorted(la), sorted(add)) || !slices.Equal(sorted(lr), sorted(rem)))) {
+				t.Fatalf("%s\nPeerDiffLimit(%s, %d) = +%v -%v ok=%v; diff has %d", ctx(), n.ID, limit, la, lr, ok, total)
+			}
 			if (!slices.Equal(want0, want1) || f0[n.ID] != f1[n.ID]) && !slices.Contains(affected, n.ID) {
 				t.Fatalf("%s\nnode %s changed but is not in Affected %v", ctx(), n.ID, affected)
 			}

@@ -36,11 +36,17 @@ func (k *connection) readLoop() error {
 	c := k.c
 	fr := frame.NewReader(k.br)
 	var small [frame.KeyLen + 1 + 8]byte
-	var nextRefresh time.Time
+	var (
+		nextRefresh time.Time
+		frames      uint
+	)
 	for {
-		if now := time.Now(); !now.Before(nextRefresh) {
-			_ = k.nc.SetReadDeadline(now.Add(c.cfg.IdleTimeout))
-			nextRefresh = now.Add(c.cfg.IdleTimeout / 4)
+		// The clock is read only when the next read may block.
+		if frames++; k.br.Buffered() == 0 || frames&31 == 0 {
+			if now := time.Now(); !now.Before(nextRefresh) {
+				_ = k.nc.SetReadDeadline(now.Add(c.cfg.IdleTimeout))
+				nextRefresh = now.Add(c.cfg.IdleTimeout / 4)
+			}
 		}
 		typ, n, err := fr.ReadHeader()
 		if err != nil {

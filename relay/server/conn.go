@@ -322,9 +322,20 @@ func (c *conn) refreshDeadline(now time.Time) {
 func (c *conn) readLoop() error {
 	s := c.s
 	fr := frame.NewReader(c.br)
+	var (
+		now    time.Time
+		frames uint
+	)
 	for {
-		now := time.Now()
-		c.refreshDeadline(now)
+		// Read the clock only when the next read may block (nothing
+		// buffered): within a burst the time barely moves, and a clock read
+		// per packet is measurable.
+		// Re-read every 32 frames too, so that the rate limiter and the
+		// idle deadline see time pass during a long burst.
+		if frames++; c.br.Buffered() == 0 || frames&31 == 0 {
+			now = time.Now()
+			c.refreshDeadline(now)
+		}
 		typ, n, err := fr.ReadHeader()
 		if err != nil {
 			return c.readErr(err)

@@ -157,6 +157,18 @@ func (p *proc) stop() {
 	}
 }
 
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
 // cpuSeconds returns a running process's user+system CPU time.
 func cpuSeconds(pid int) float64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -248,6 +260,7 @@ func orchestrate(o opts) error {
 	start := time.Now()
 	fmt.Printf("relaybench: %d-byte packets on loopback, GOMAXPROCS=%d, %d CPUs, %s\n",
 		o.size, runtime.GOMAXPROCS(0), runtime.NumCPU(), runtime.Version())
+	fmt.Printf("load average at start: %s (other work on this machine skews every figure)\n", loadAvg())
 	fmt.Println("processes: orchestrator (idle) | relay (own process) | sender client | receiver client; all TLS 1.3, ECDSA P-256 certificates")
 
 	on := func(p string) bool { return strings.Contains(o.phases, p) }
@@ -324,7 +337,7 @@ func orchestrate(o opts) error {
 	}
 	fmt.Printf("[5] %d concurrent pairs through the relay (all senders in one process, all receivers in another): %9.0f packets/s  %6.2f Gbit/s\n",
 		o.pairs, many.pps(), many.gbps())
-	fmt.Printf("\ntotal run time %v\n", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("\ntotal run time %v, load average at end: %s\n", time.Since(start).Round(time.Millisecond), loadAvg())
 	return nil
 }
 

@@ -112,9 +112,10 @@ const (
 )
 
 // Node is a WireGuard identity in a cvlan's mesh: an agent, a relay, a vrouter or a static peer.
+// The node of a shared relay has no tenant (and no cvlan).
 type Node struct {
 	Meta
-	TenantID string `json:"tenant_id"`
+	TenantID string `json:"tenant_id,omitempty"`
 	// CvlanID is the cvlan the node belongs to; required and immutable.
 	CvlanID string `json:"cvlan_id"`
 	// Name is unique in the cvlan (DNS label).
@@ -328,52 +329,100 @@ type PortRange struct {
 	Last  uint32 `json:"last,omitempty"`
 }
 
-// Region groups relays by location; nodes pick a home relay from the nearest region.
+// Region groups relays by location; nodes pick a home relay from the nearest region. Regions
+// are global: every tenant sees them, only the all-tenants scope changes them.
 type Region struct {
 	Meta
-	TenantID    string `json:"tenant_id"`
+	// Name is unique (DNS label), e.g. "frankfurt".
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
-	DisplayName string `json:"display_name,omitempty"`
+	// Code is a short unique code, e.g. "eu-west"; immutable.
+	Code string `json:"code"`
 }
 
-// Relay is a cvlan-relay server that forwards WireGuard ciphertext for nodes.
+// RelayStatus is a relay's connection state.
+type RelayStatus string
+
+// Relay statuses.
+const (
+	RelayPending RelayStatus = "pending"
+	RelayOnline  RelayStatus = "online"
+	RelayOffline RelayStatus = "offline"
+)
+
+// Relay is a cvlan-relay server that forwards WireGuard ciphertext for nodes. A relay without a
+// tenant is shared: run by the operator, readable by every tenant, changed only in the
+// all-tenants scope.
 type Relay struct {
 	Meta
-	TenantID    string `json:"tenant_id"`
+	// TenantID is empty for a shared relay.
+	TenantID    string `json:"tenant_id,omitempty"`
 	RegionID    string `json:"region_id,omitempty"`
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
-	// Addresses are host:port strings the relay is reached at (TLS) and its STUN addresses.
-	Addresses     []string   `json:"addresses,omitempty"`
-	STUNAddresses []string   `json:"stun_addresses,omitempty"`
-	Status        NodeStatus `json:"status,omitempty"`
+	Hostname    string `json:"hostname,omitempty"`
+	// Addresses are host:port strings the relay is reached at (TLS).
+	Addresses   []string    `json:"addresses,omitempty"`
+	STUNAddress string      `json:"stun_address,omitempty"`
+	Status      RelayStatus `json:"status,omitempty"`
+	Stats       RelayStats  `json:"stats"`
+	// SoftwareVersion is the relay's reported version (proto: version).
+	SoftwareVersion string    `json:"software_version,omitempty"`
+	LastSeenTime    time.Time `json:"last_seen_time,omitzero"`
+	CertExpireTime  time.Time `json:"cert_expire_time,omitzero"`
 	// NodeID is the Node identity the relay enrolled as.
-	NodeID       string     `json:"node_id,omitempty"`
-	LastSeenTime time.Time  `json:"last_seen_time,omitzero"`
-	Stats        RelayStats `json:"stats"`
+	NodeID string `json:"node_id,omitempty"`
 }
 
 // RelayStats are a relay's last reported counters.
 type RelayStats struct {
-	ConnectedClients int64     `json:"connected_clients,omitempty"`
-	BytesForwarded   int64     `json:"bytes_forwarded,omitempty"`
-	PacketsForwarded int64     `json:"packets_forwarded,omitempty"`
-	PacketsDropped   int64     `json:"packets_dropped,omitempty"`
-	ReportTime       time.Time `json:"report_time,omitzero"`
+	ConnectedClients int32  `json:"connected_clients,omitempty"`
+	BytesForwarded   uint64 `json:"bytes_forwarded,omitempty"`
+	PacketsForwarded uint64 `json:"packets_forwarded,omitempty"`
+	// Drops counts dropped packets by reason ("queue_full", "unknown_dest", ...).
+	Drops      map[string]uint64 `json:"drops,omitempty"`
+	MeshPeers  int32             `json:"mesh_peers,omitempty"`
+	UpdateTime time.Time         `json:"update_time,omitzero"`
 }
+
+// VRouterStatus is a vrouter's state.
+type VRouterStatus string
+
+// VRouter statuses.
+const (
+	VRouterPending  VRouterStatus = "pending"
+	VRouterOnline   VRouterStatus = "online"
+	VRouterDegraded VRouterStatus = "degraded"
+	VRouterOffline  VRouterStatus = "offline"
+)
 
 // VRouter is an IPsec concentrator that bridges legacy devices into the mesh.
 type VRouter struct {
 	Meta
-	TenantID     string              `json:"tenant_id"`
-	CvlanID      string              `json:"cvlan_id,omitempty"`
-	Name         string              `json:"name"`
-	Description  string              `json:"description,omitempty"`
-	Status       NodeStatus          `json:"status,omitempty"`
-	NodeID       string              `json:"node_id,omitempty"`
-	LastSeenTime time.Time           `json:"last_seen_time,omitzero"`
-	Connections  []VRouterConnection `json:"connections,omitempty"`
+	TenantID      string              `json:"tenant_id"`
+	RegionID      string              `json:"region_id,omitempty"`
+	CvlanID       string              `json:"cvlan_id,omitempty"`
+	Name          string              `json:"name"`
+	Description   string              `json:"description,omitempty"`
+	Status        VRouterStatus       `json:"status,omitempty"`
+	PublicAddress string              `json:"public_address,omitempty"`
+	Stats         VRouterStats        `json:"stats"`
+	Connections   []VRouterConnection `json:"connections,omitempty"`
+	NodeID        string              `json:"node_id,omitempty"`
+	// SoftwareVersion is the vrouter's reported version (proto: version).
+	SoftwareVersion string    `json:"software_version,omitempty"`
+	LastSeenTime    time.Time `json:"last_seen_time,omitzero"`
+}
+
+// VRouterStats are a vrouter's last reported counters.
+type VRouterStats struct {
+	ConnectionsTotal int32     `json:"connections_total,omitempty"`
+	ConnectionsUp    int32     `json:"connections_up,omitempty"`
+	BytesIn          uint64    `json:"bytes_in,omitempty"`
+	BytesOut         uint64    `json:"bytes_out,omitempty"`
+	PacketsIn        uint64    `json:"packets_in,omitempty"`
+	PacketsOut       uint64    `json:"packets_out,omitempty"`
+	UpdateTime       time.Time `json:"update_time,omitzero"`
 }
 
 // VRouterConnection is one IPsec peer of a vrouter.
@@ -382,10 +431,17 @@ type VRouterConnection struct {
 	RemoteAddress string         `json:"remote_address"`
 	LocalSubnets  []netip.Prefix `json:"local_subnets,omitempty"`
 	RemoteSubnets []netip.Prefix `json:"remote_subnets,omitempty"`
-	// PSKRef names where the pre-shared key is kept; the key itself is never stored here.
-	PSKRef    string    `json:"psk_ref,omitempty"`
-	State     string    `json:"state,omitempty"`
-	StateTime time.Time `json:"state_time,omitzero"`
+	// IKEVersion is "ikev1" or "ikev2".
+	IKEVersion string `json:"ike_version,omitempty"`
+	// PreSharedKey is the IPsec secret the vrouter needs; the API never returns it (it reports
+	// only whether it is set).
+	PreSharedKey   string    `json:"pre_shared_key,omitempty"`
+	RemoteID       string    `json:"remote_id,omitempty"`
+	IKEProposal    string    `json:"ike_proposal,omitempty"`
+	ESPProposal    string    `json:"esp_proposal,omitempty"`
+	Status         string    `json:"status,omitempty"`
+	LastChangeTime time.Time `json:"last_change_time,omitzero"`
+	Error          string    `json:"error,omitempty"`
 }
 
 // DiscoveryServer is a STUN/TURN server offered to agents for endpoint discovery.
@@ -394,10 +450,14 @@ type DiscoveryServer struct {
 	TenantID    string `json:"tenant_id"`
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
-	// Kind is "stun" or "turn".
-	Kind     string `json:"kind"`
-	Address  string `json:"address"`
+	Address     string `json:"address"`
+	// Type is "stun" or "turn".
+	Type     string `json:"type"`
 	RegionID string `json:"region_id,omitempty"`
+	Enabled  bool   `json:"enabled"`
+	Username string `json:"username,omitempty"`
+	// Credential is the TURN secret; the API never returns it.
+	Credential string `json:"credential,omitempty"`
 }
 
 // APIKey is a credential for scripts. Only a hash of the secret is stored.
@@ -420,10 +480,12 @@ type APIKey struct {
 	CreatedBy string `json:"created_by,omitempty"`
 }
 
-// JoinToken lets a node, relay or vrouter enroll. Only a hash of the secret is stored.
+// JoinToken lets a node, relay or vrouter enroll. Only a hash of the secret is stored. A token
+// without a tenant (created in the all-tenants scope) enrolls a shared relay.
 type JoinToken struct {
 	Meta
-	TenantID    string   `json:"tenant_id"`
+	TenantID    string   `json:"tenant_id,omitempty"`
+	Name        string   `json:"name,omitempty"`
 	Description string   `json:"description,omitempty"`
 	Prefix      string   `json:"prefix"`
 	Hash        []byte   `json:"hash"`
@@ -522,7 +584,8 @@ const (
 	OpDelete ChangeOp = "delete"
 )
 
-// ChangeEvent is one committed change that may affect network maps. IDs grow monotonically in
+// ChangeEvent is one committed change that may affect network maps (TenantID empty: a global
+// resource such as a region or a shared relay, which may affect every tenant). IDs grow monotonically in
 // commit order, so a reader that remembers the last ID it processed misses nothing.
 type ChangeEvent struct {
 	ID           int64     `json:"id"`

@@ -19,6 +19,9 @@ var (
 	// ErrFailedPrecondition: the resource is not in a state that allows the operation (for
 	// example deleting a cvlan that still has nodes).
 	ErrFailedPrecondition = errors.New("failed precondition")
+	// ErrPermissionDenied: the scope may read but not change the resource (shared relays and
+	// regions are changed only in the all-tenants scope).
+	ErrPermissionDenied = errors.New("permission denied")
 	// ErrTokenUsed: a join token has no uses left.
 	ErrTokenUsed = errors.New("join token already used")
 	// ErrTokenExpired: a join token is past its expiry.

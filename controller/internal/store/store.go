@@ -157,10 +157,13 @@ type RegionFilter struct {
 	NamePrefix string
 }
 
-// RelayFilter filters ListRelays. Relays list by name.
+// RelayFilter filters ListRelays. Relays list by name; a tenant scope lists its own relays and
+// the shared ones.
 type RelayFilter struct {
 	RegionID   string
 	NamePrefix string
+	// SharedOnly selects the shared relays (no tenant).
+	SharedOnly bool
 }
 
 // VRouterFilter filters ListVRouters. VRouters list by name.
@@ -171,8 +174,9 @@ type VRouterFilter struct {
 
 // DiscoveryServerFilter filters ListDiscoveryServers. They list by name.
 type DiscoveryServerFilter struct {
-	RegionID   string
-	Kind       string
+	RegionID string
+	// Type is "stun" or "turn".
+	Type       string
 	NamePrefix string
 }
 
@@ -231,7 +235,7 @@ type Tx interface {
 
 	GetTenant(ctx context.Context, id string) (*domain.Tenant, error)
 	ListTenants(ctx context.Context, f TenantFilter, o ListOptions) (*Page[domain.Tenant], error)
-	// CreateTenant needs the all-tenants scope.
+	// CreateTenant needs the all-tenants scope (ErrPermissionDenied otherwise).
 	CreateTenant(ctx context.Context, v *domain.Tenant) error
 	UpdateTenant(ctx context.Context, v *domain.Tenant) error
 	// DeleteTenant deletes the tenant; without force it fails with ErrFailedPrecondition while
@@ -290,12 +294,16 @@ type Tx interface {
 	UpdatePolicy(ctx context.Context, v *domain.Policy) error
 	DeletePolicy(ctx context.Context, id string, version int64) error
 
+	// Regions are global: every scope reads them; only the all-tenants scope creates, updates
+	// and deletes them (ErrPermissionDenied otherwise). UpdateRegion keeps Code.
 	GetRegion(ctx context.Context, id string) (*domain.Region, error)
 	ListRegions(ctx context.Context, f RegionFilter, o ListOptions) (*Page[domain.Region], error)
 	CreateRegion(ctx context.Context, v *domain.Region) error
 	UpdateRegion(ctx context.Context, v *domain.Region) error
 	DeleteRegion(ctx context.Context, id string, version int64) error
 
+	// Relays without a tenant are shared: created in the all-tenants scope, readable by every
+	// tenant, changed only in the all-tenants scope (ErrPermissionDenied otherwise).
 	GetRelay(ctx context.Context, id string) (*domain.Relay, error)
 	ListRelays(ctx context.Context, f RelayFilter, o ListOptions) (*Page[domain.Relay], error)
 	CreateRelay(ctx context.Context, v *domain.Relay) error

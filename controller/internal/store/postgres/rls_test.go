@@ -30,7 +30,7 @@ func openStore(t *testing.T) (*Store, pgtest.DSNs) {
 // rlsTables are the tables under row-level security with their tenant column.
 var rlsTables = map[string]string{
 	"tenants": "id", "cvlans": "tenant_id", "nodes": "tenant_id", "users": "tenant_id",
-	"groups_": "tenant_id", "tags": "tenant_id", "policies": "tenant_id", "regions": "tenant_id",
+	"groups_": "tenant_id", "tags": "tenant_id", "policies": "tenant_id",
 	"relays": "tenant_id", "vrouters": "tenant_id", "discovery_servers": "tenant_id",
 	"api_keys": "tenant_id", "join_tokens": "tenant_id", "sessions": "tenant_id",
 	"audit_log": "tenant_id", "change_events": "tenant_id",
@@ -54,10 +54,9 @@ func seedTenant(t *testing.T, s *Store, name string) string {
 			func() error { return tx.CreateGroup(ctx, &domain.Group{Name: "g"}) },
 			func() error { return tx.CreateTag(ctx, &domain.Tag{Name: "t"}) },
 			func() error { return tx.CreatePolicy(ctx, &domain.Policy{Name: "p"}) },
-			func() error { return tx.CreateRegion(ctx, &domain.Region{Name: "r"}) },
 			func() error { return tx.CreateRelay(ctx, &domain.Relay{Name: "r"}) },
 			func() error { return tx.CreateVRouter(ctx, &domain.VRouter{Name: "v"}) },
-			func() error { return tx.CreateDiscoveryServer(ctx, &domain.DiscoveryServer{Name: "d", Kind: "stun"}) },
+			func() error { return tx.CreateDiscoveryServer(ctx, &domain.DiscoveryServer{Name: "d", Type: "stun"}) },
 			func() error { return tx.CreateAPIKey(ctx, &domain.APIKey{Name: "k", Hash: []byte("k" + name)}) },
 			func() error {
 				return tx.CreateJoinToken(ctx, &domain.JoinToken{Hash: []byte("j" + name), ExpireTime: time.Now().Add(time.Hour)})
@@ -163,6 +162,40 @@ func TestRowLevelSecurity(t *testing.T) {
 	if err == nil || pgCode(err) != "42501" {
 		t.Fatalf("cross-tenant INSERT: err = %v, want an RLS violation (42501)", err)
 	}
+	// Global and shared rows: tenants read them but raw writes touch nothing or are refused.
+	var relayID string
+	err = s.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		if err := tx.CreateRegion(ctx, &domain.Region{Name: "fra", Code: "eu"}); err != nil {
+			return err
+		}
+		r := &domain.Relay{Name: "shared"}
+		err := tx.CreateRelay(ctx, r)
+		relayID = r.ID
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Tx(ctx, store.TenantScope(a), func(tx store.Tx) error {
+		raw := tx.(*sqlcore.Tx).Raw()
+		got, err := tenantsIn(ctx, raw, "relays", "coalesce(tenant_id, 'shared')")
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(got, []string{a, "shared"}) && !slices.Equal(got, []string{"shared", a}) {
+			return fmt.Errorf("tenant a sees relays of %v", got)
+		}
+		if n, err := raw.Exec(ctx, "UPDATE relays SET name = 'mine' WHERE id = $1", relayID); err != nil || n != 0 {
+			return fmt.Errorf("UPDATE of a shared relay: %d rows, %v", n, err)
+		}
+		if n, err := raw.Exec(ctx, "DELETE FROM regions"); err != nil || n != 0 {
+			return fmt.Errorf("DELETE of regions: %d rows, %v", n, err)
+		}
+		return errRollback
+	})
+	if err != errRollback {
+		t.Fatal(err)
+	}
 	// A connection of the application role that never set a scope sees no rows at all.
 	app, err := pgx.Connect(ctx, dsns.App)
 	if err != nil {
@@ -171,7 +204,11 @@ func TestRowLevelSecurity(t *testing.T) {
 	defer app.Close(ctx)
 	for table := range rlsTables {
 		var n int
-		if err := app.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+		q := "SELECT count(*) FROM " + table
+		if table == "relays" {
+			q += " WHERE tenant_id IS NOT NULL" // shared relays are public
+		}
+		if err := app.QueryRow(ctx, q).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n != 0 {
@@ -194,6 +231,12 @@ func TestRowLevelSecurity(t *testing.T) {
 			t.Fatal(err)
 		}
 		if name == "goose_db_version" {
+			continue
+		}
+		if name == "regions" { // global: RLS lets every scope read and only the all scope write
+			if !rls || !force {
+				t.Errorf("table regions: row security %v, forced %v", rls, force)
+			}
 			continue
 		}
 		seen++

@@ -52,6 +52,7 @@ func Run(t *testing.T, h Harness) {
 		{"IPAMConcurrent", testIPAMConcurrent},
 		{"Capacity", testCapacity},
 		{"DeleteCascade", testDeleteCascade},
+		{"SharedResources", testSharedResources},
 		{"ChangeFeed", testChangeFeed},
 		{"Watch", testWatch},
 	}
@@ -117,7 +118,7 @@ func testTenantCRUD(t *testing.T, h Harness) {
 	err := s.Tx(ctx(t), store.AllTenants(), func(tx store.Tx) error { return tx.CreateTenant(ctx(t), &domain.Tenant{Name: "acme"}) })
 	wantErr(t, err, domain.ErrAlreadyExists)
 	err = s.Tx(ctx(t), store.TenantScope(tn.ID), func(tx store.Tx) error { return tx.CreateTenant(ctx(t), &domain.Tenant{Name: "other"}) })
-	wantErr(t, err, domain.ErrInvalid)
+	wantErr(t, err, domain.ErrPermissionDenied)
 
 	got.DisplayName = "ACME Corp"
 	must(t, s, store.TenantScope(tn.ID), func(tx store.Tx) error { return tx.UpdateTenant(ctx(t), got) })
@@ -135,7 +136,9 @@ func testTenantCRUD(t *testing.T, h Harness) {
 
 // crud is one resource type's operations for the generic CRUD test.
 type crud struct {
-	name   string
+	name string
+	// all runs the case in the all-tenants scope (global resources).
+	all    bool
 	create func(tx store.Tx, f fixture, i int) (id string, err error)
 	get    func(tx store.Tx, id string) (version int64, desc string, err error)
 	update func(tx store.Tx, id string, version int64, desc string) (newVersion int64, err error)
@@ -244,7 +247,7 @@ func testResourceCRUD(t *testing.T, h Harness) {
 			}),
 		simple("region",
 			func(tx store.Tx, i int) (string, error) {
-				v := &domain.Region{Name: fmt.Sprintf("r%d", i)}
+				v := &domain.Region{Name: fmt.Sprintf("r%d", i), Code: fmt.Sprintf("code-%d", i)}
 				err := tx.CreateRegion(c, v)
 				return v.ID, err
 			},
@@ -284,7 +287,7 @@ func testResourceCRUD(t *testing.T, h Harness) {
 			}),
 		simple("discovery_server",
 			func(tx store.Tx, i int) (string, error) {
-				v := &domain.DiscoveryServer{Name: fmt.Sprintf("d%d", i), Kind: "stun", Address: "127.0.0.1:3478"}
+				v := &domain.DiscoveryServer{Name: fmt.Sprintf("d%d", i), Type: "stun", Address: "127.0.0.1:3478", Enabled: true}
 				err := tx.CreateDiscoveryServer(c, v)
 				return v.ID, err
 			},
@@ -293,7 +296,7 @@ func testResourceCRUD(t *testing.T, h Harness) {
 			func(tx store.Tx, v *domain.DiscoveryServer) error { return tx.UpdateDiscoveryServer(c, v) },
 			func(tx store.Tx, id string, ver int64) error { return tx.DeleteDiscoveryServer(c, id, ver) },
 			func(tx store.Tx) (int, error) {
-				return lenPage(tx.ListDiscoveryServers(c, store.DiscoveryServerFilter{Kind: "stun"}, store.ListOptions{}))
+				return lenPage(tx.ListDiscoveryServers(c, store.DiscoveryServerFilter{Type: "stun"}, store.ListOptions{}))
 			}),
 		simple("api_key",
 			func(tx store.Tx, i int) (string, error) {
@@ -322,8 +325,13 @@ func testResourceCRUD(t *testing.T, h Harness) {
 				return lenPage(tx.ListJoinTokens(c, store.JoinTokenFilter{CvlanID: f.cvlan.ID}, store.ListOptions{}))
 			}),
 	}
+	cases[5].all = true // regions are global
 	for _, cs := range cases {
 		t.Run(cs.name, func(t *testing.T) {
+			f := f
+			if cs.all {
+				f.scope = store.AllTenants()
+			}
 			var ids []string
 			must(t, s, f.scope, func(tx store.Tx) error {
 				for i := range 3 {

@@ -138,7 +138,7 @@ func (tx *Tx) ChangesSince(ctx context.Context, afterID int64, limit int) ([]dom
 	if limit <= 0 || limit > 10000 {
 		limit = 10000
 	}
-	rows, err := tx.query(ctx, `SELECT id, tenant_id, resource_type, resource_id, op, version, time
+	rows, err := tx.query(ctx, `SELECT id, coalesce(tenant_id, ''), resource_type, resource_id, op, version, time
 		FROM change_events WHERE id > ? ORDER BY id LIMIT ?`, afterID, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read change feed: %w", err)

@@ -112,7 +112,7 @@ func (tx *Tx) FlushChanges(ctx context.Context) error {
 	}
 	for _, c := range tx.changes {
 		_, err := tx.exec(ctx, `INSERT INTO change_events (tenant_id, resource_type, resource_id, op, version, time)
-			VALUES (?, ?, ?, ?, ?, ?)`, c.TenantID, c.ResourceType, c.ResourceID, string(c.Op), c.Version, micros(c.Time))
+			VALUES (?, ?, ?, ?, ?, ?)`, nullable(c.TenantID), c.ResourceType, c.ResourceID, string(c.Op), c.Version, micros(c.Time))
 		if err != nil {
 			return fmt.Errorf("append change event: %w", err)
 		}

@@ -205,6 +205,14 @@ func (tx *Tx) CreateNode(ctx context.Context, v *domain.Node) error {
 	if err != nil {
 		return err
 	}
+	if tid == "" {
+		// The node of a shared relay: no tenant, no cvlan, no overlay address.
+		if v.Kind != domain.NodeKindRelay || v.CvlanID != "" {
+			return fmt.Errorf("%w: only the node of a shared relay may have no tenant", domain.ErrInvalid)
+		}
+		v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
+		return nodes.insert(ctx, tx, v)
+	}
 	// Lock order everywhere: tenant row, then cvlan row.
 	t, err := tenants.getBy(ctx, tx, tid, false, eq("id", tid))
 	if err != nil {

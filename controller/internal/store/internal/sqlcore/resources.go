@@ -13,7 +13,7 @@ import (
 // The table descriptors below are immutable after initialisation.
 
 var tenants = &table[domain.Tenant, *domain.Tenant]{
-	name: "tenants", kind: domain.ResourceTenant, byName: true, feed: true,
+	name: "tenants", kind: domain.ResourceTenant, mode: isTenant, byName: true, feed: true,
 	cols: []string{"name", "status"},
 	vals: func(v *domain.Tenant) []any { return []any{v.Name, string(v.Status)} },
 }
@@ -29,7 +29,7 @@ var cvlans = &table[domain.Cvlan, *domain.Cvlan]{
 }
 
 var nodes = &table[domain.Node, *domain.Node]{
-	name: "nodes", kind: domain.ResourceNode, byName: true, feed: true,
+	name: "nodes", kind: domain.ResourceNode, mode: optionalTenant, byName: true, feed: true,
 	tenant: func(v *domain.Node) *string { return &v.TenantID },
 	cols: []string{"name", "cvlan_id", "kind", "status", "sync_state", "user_id", "wg_key",
 		"ipv4", "pending_routes", "ephemeral", "last_seen"},
@@ -93,14 +93,14 @@ var policies = &table[domain.Policy, *domain.Policy]{
 }
 
 var regions = &table[domain.Region, *domain.Region]{
-	name: "regions", kind: domain.ResourceRegion, byName: true, feed: true,
-	tenant: func(v *domain.Region) *string { return &v.TenantID },
-	cols:   []string{"name"},
-	vals:   func(v *domain.Region) []any { return []any{v.Name} },
+	name: "regions", kind: domain.ResourceRegion, mode: global, byName: true, feed: true,
+	cols: []string{"name", "code"},
+	vals: func(v *domain.Region) []any { return []any{v.Name, v.Code} },
+	keep: func(old, upd *domain.Region) { upd.Code = old.Code },
 }
 
 var relays = &table[domain.Relay, *domain.Relay]{
-	name: "relays", kind: domain.ResourceRelay, byName: true, feed: true,
+	name: "relays", kind: domain.ResourceRelay, mode: sharedTenant, byName: true, feed: true,
 	tenant: func(v *domain.Relay) *string { return &v.TenantID },
 	cols:   []string{"name", "region_id"},
 	vals:   func(v *domain.Relay) []any { return []any{v.Name, v.RegionID} },
@@ -116,8 +116,8 @@ var vrouters = &table[domain.VRouter, *domain.VRouter]{
 var discoveryServers = &table[domain.DiscoveryServer, *domain.DiscoveryServer]{
 	name: "discovery_servers", kind: domain.ResourceDiscoveryServer, byName: true, feed: true,
 	tenant: func(v *domain.DiscoveryServer) *string { return &v.TenantID },
-	cols:   []string{"name", "region_id", "kind"},
-	vals:   func(v *domain.DiscoveryServer) []any { return []any{v.Name, v.RegionID, v.Kind} },
+	cols:   []string{"name", "region_id", "type"},
+	vals:   func(v *domain.DiscoveryServer) []any { return []any{v.Name, v.RegionID, v.Type} },
 }
 
 var apiKeys = &table[domain.APIKey, *domain.APIKey]{
@@ -129,7 +129,7 @@ var apiKeys = &table[domain.APIKey, *domain.APIKey]{
 }
 
 var joinTokens = &table[domain.JoinToken, *domain.JoinToken]{
-	name: "join_tokens", kind: domain.ResourceJoinToken,
+	name: "join_tokens", kind: domain.ResourceJoinToken, mode: optionalTenant,
 	tenant: func(v *domain.JoinToken) *string { return &v.TenantID },
 	cols:   []string{"hash", "kind", "cvlan_id", "revoked"},
 	vals: func(v *domain.JoinToken) []any {
@@ -376,6 +376,9 @@ func (tx *Tx) ListRegions(ctx context.Context, f store.RegionFilter, o store.Lis
 
 // CreateRegion implements store.Tx.
 func (tx *Tx) CreateRegion(ctx context.Context, v *domain.Region) error {
+	if v.Name == "" || v.Code == "" {
+		return fmt.Errorf("%w: a region needs a name and a code", domain.ErrInvalid)
+	}
 	return regions.insert(ctx, tx, v)
 }
 
@@ -404,6 +407,9 @@ func (tx *Tx) ListRelays(ctx context.Context, f store.RelayFilter, o store.ListO
 	}
 	if f.NamePrefix != "" {
 		c = append(c, prefixCond("name", f.NamePrefix))
+	}
+	if f.SharedOnly {
+		c = append(c, cond{"tenant_id IS NULL", nil})
 	}
 	return relays.list(ctx, tx, c, o)
 }
@@ -470,8 +476,8 @@ func (tx *Tx) ListDiscoveryServers(ctx context.Context, f store.DiscoveryServerF
 	if f.RegionID != "" {
 		c = append(c, eq("region_id", f.RegionID))
 	}
-	if f.Kind != "" {
-		c = append(c, eq("kind", f.Kind))
+	if f.Type != "" {
+		c = append(c, eq("type", f.Type))
 	}
 	if f.NamePrefix != "" {
 		c = append(c, prefixCond("name", f.NamePrefix))

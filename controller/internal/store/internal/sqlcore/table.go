@@ -16,11 +16,30 @@ type entity[T any] interface {
 	GetMeta() *domain.Meta
 }
 
+// tenancy says how a table's rows relate to tenants.
+type tenancy int
+
+const (
+	// ownTenant: every row belongs to one tenant.
+	ownTenant tenancy = iota
+	// optionalTenant: rows without a tenant exist (created in the all-tenants scope) and are
+	// visible only there (join tokens and nodes of shared relays).
+	optionalTenant
+	// sharedTenant: rows without a tenant are shared: every tenant reads them, only the
+	// all-tenants scope changes them (shared relays).
+	sharedTenant
+	// isTenant: the tenants table; a tenant scope sees its own row.
+	isTenant
+	// global: no tenant column; every scope reads, only the all-tenants scope writes (regions).
+	global
+)
+
 // table describes how one resource type maps to its table.
 type table[T any, P entity[T]] struct {
 	name string // table name
 	kind string // resource type (domain.Resource*)
-	// tenant returns the entity's tenant id field; nil for the tenants table itself.
+	mode tenancy
+	// tenant returns the entity's tenant id field; nil for isTenant and global tables.
 	tenant func(P) *string
 	// byName lists by (name, id); otherwise by id (creation order).
 	byName bool
@@ -36,15 +55,50 @@ type table[T any, P entity[T]] struct {
 
 const metaCols = "id, version, create_time, update_time, data"
 
-// scopeConds limits a query to the transaction's tenant.
+// scopeConds limits a read to what the transaction's scope may see.
 func (t *table[T, P]) scopeConds(tx *Tx) []cond {
 	if tx.scope.All {
 		return nil
 	}
-	if t.tenant == nil {
+	switch t.mode {
+	case isTenant:
 		return []cond{{"id = ?", []any{tx.scope.TenantID}}}
+	case global:
+		return nil
+	case sharedTenant:
+		return []cond{{"tenant_id = ? OR tenant_id IS NULL", []any{tx.scope.TenantID}}}
 	}
 	return []cond{{"tenant_id = ?", []any{tx.scope.TenantID}}}
+}
+
+// writeConds limits a write to what the transaction's scope may change.
+func (t *table[T, P]) writeConds(tx *Tx) []cond {
+	if t.mode == sharedTenant && !tx.scope.All {
+		return []cond{{"tenant_id = ?", []any{tx.scope.TenantID}}}
+	}
+	return t.scopeConds(tx)
+}
+
+// tenantOf returns the tenant a row belongs to ("" for global and shared rows).
+func (t *table[T, P]) tenantOf(p P) string {
+	switch {
+	case t.mode == isTenant:
+		return p.GetMeta().ID
+	case t.tenant == nil:
+		return ""
+	}
+	return *t.tenant(p)
+}
+
+// writable reports whether the scope may change the stored row p.
+func (t *table[T, P]) mayWrite(tx *Tx, p P) error {
+	if tx.scope.All {
+		return nil
+	}
+	if t.mode == global || (t.mode == sharedTenant && *t.tenant(p) == "") {
+		return fmt.Errorf("%s %s is shared: only the all-tenants scope changes it: %w", t.kind, p.GetMeta().ID, domain.ErrPermissionDenied)
+	}
+	return nil
 }
 
 func (t *table[T, P]) scan(rows Rows) (P, error) {
@@ -157,13 +211,13 @@ func (t *table[T, P]) list(ctx context.Context, tx *Tx, conds []cond, o store.Li
 func (t *table[T, P]) bindTenant(tx *Tx, p P) (string, error) {
 	if t.tenant == nil {
 		if !tx.scope.All {
-			return "", fmt.Errorf("%w: creating a tenant needs the all-tenants scope", domain.ErrInvalid)
+			return "", fmt.Errorf("creating a %s needs the all-tenants scope: %w", t.kind, domain.ErrPermissionDenied)
 		}
-		return p.GetMeta().ID, nil
+		return t.tenantOf(p), nil
 	}
 	tid := t.tenant(p)
 	switch {
-	case tx.scope.All && *tid == "":
+	case tx.scope.All && *tid == "" && t.mode == ownTenant:
 		return "", fmt.Errorf("%w: %s without tenant", domain.ErrInvalid, t.kind)
 	case !tx.scope.All && *tid == "":
 		*tid = tx.scope.TenantID
@@ -192,7 +246,7 @@ func (t *table[T, P]) insert(ctx context.Context, tx *Tx, p P) error {
 	args := []any{m.ID, m.Version, micros(m.CreateTime), micros(m.UpdateTime), string(data)}
 	if t.tenant != nil {
 		cols = append(cols, "tenant_id")
-		args = append(args, tid)
+		args = append(args, nullable(tid))
 	}
 	cols = append(cols, t.cols...)
 	args = append(args, t.vals(p)...)
@@ -216,6 +270,9 @@ func (t *table[T, P]) update(ctx context.Context, tx *Tx, p P) error {
 	if err != nil {
 		return err
 	}
+	if err := t.mayWrite(tx, old); err != nil {
+		return err
+	}
 	om := old.GetMeta()
 	if m.Version != 0 && m.Version != om.Version {
 		return fmt.Errorf("update %s %s: have version %d, stored %d: %w", t.kind, m.ID, m.Version, om.Version, domain.ErrConflict)
@@ -237,7 +294,7 @@ func (t *table[T, P]) update(ctx context.Context, tx *Tx, p P) error {
 		sets = append(sets, c+" = ?")
 	}
 	args = append(args, t.vals(p)...)
-	w, wargs := where(append(t.scopeConds(tx), cond{"id = ? AND version = ?", []any{m.ID, om.Version}}))
+	w, wargs := where(append(t.writeConds(tx), cond{"id = ? AND version = ?", []any{m.ID, om.Version}}))
 	n, err := tx.exec(ctx, "UPDATE "+t.name+" SET "+strings.Join(sets, ", ")+w, append(args, wargs...)...)
 	if err != nil {
 		return tx.classify(err, "update "+t.kind)
@@ -247,11 +304,7 @@ func (t *table[T, P]) update(ctx context.Context, tx *Tx, p P) error {
 		return fmt.Errorf("update %s %s: changed concurrently: %w", t.kind, m.ID, domain.ErrConflict)
 	}
 	if t.feed {
-		tid := m.ID
-		if t.tenant != nil {
-			tid = *t.tenant(p)
-		}
-		tx.record(tid, t.kind, m.ID, domain.OpUpdate, m.Version)
+		tx.record(t.tenantOf(p), t.kind, m.ID, domain.OpUpdate, m.Version)
 	}
 	return nil
 }
@@ -264,11 +317,14 @@ func (t *table[T, P]) remove(ctx context.Context, tx *Tx, id string, version int
 	if err != nil {
 		return err
 	}
+	if err := t.mayWrite(tx, old); err != nil {
+		return err
+	}
 	om := old.GetMeta()
 	if version != 0 && version != om.Version {
 		return fmt.Errorf("delete %s %s: have version %d, stored %d: %w", t.kind, id, version, om.Version, domain.ErrConflict)
 	}
-	w, args := where(append(t.scopeConds(tx), cond{"id = ? AND version = ?", []any{id, om.Version}}))
+	w, args := where(append(t.writeConds(tx), cond{"id = ? AND version = ?", []any{id, om.Version}}))
 	n, err := tx.exec(ctx, "DELETE FROM "+t.name+w, args...)
 	if err != nil {
 		return tx.classify(err, "delete "+t.kind)
@@ -277,11 +333,7 @@ func (t *table[T, P]) remove(ctx context.Context, tx *Tx, id string, version int
 		return fmt.Errorf("delete %s %s: changed concurrently: %w", t.kind, id, domain.ErrConflict)
 	}
 	if t.feed {
-		tid := id
-		if t.tenant != nil {
-			tid = *t.tenant(old)
-		}
-		tx.record(tid, t.kind, id, domain.OpDelete, 0)
+		tx.record(t.tenantOf(old), t.kind, id, domain.OpDelete, 0)
 	}
 	return nil
 }

@@ -29,7 +29,7 @@ CREATE TABLE cvlans (
 
 CREATE TABLE nodes (
     id             text COLLATE "C" PRIMARY KEY,
-    tenant_id      text NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id      text REFERENCES tenants (id) ON DELETE CASCADE,
     version        bigint NOT NULL,
     create_time    bigint NOT NULL,
     update_time    bigint NOT NULL,
@@ -105,20 +105,22 @@ CREATE TABLE policies (
     UNIQUE (tenant_id, name)
 );
 
+-- Regions are global (no tenant).
 CREATE TABLE regions (
     id          text COLLATE "C" PRIMARY KEY,
-    tenant_id   text NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     version     bigint NOT NULL,
     create_time bigint NOT NULL,
     update_time bigint NOT NULL,
     data        jsonb NOT NULL,
     name        text COLLATE "C" NOT NULL,
-    UNIQUE (tenant_id, name)
+    code        text COLLATE "C" NOT NULL UNIQUE,
+    UNIQUE (name)
 );
 
+-- Relays without a tenant are shared by every tenant.
 CREATE TABLE relays (
     id          text COLLATE "C" PRIMARY KEY,
-    tenant_id   text NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id   text REFERENCES tenants (id) ON DELETE CASCADE,
     version     bigint NOT NULL,
     create_time bigint NOT NULL,
     update_time bigint NOT NULL,
@@ -127,6 +129,8 @@ CREATE TABLE relays (
     region_id   text NOT NULL,
     UNIQUE (tenant_id, name)
 );
+
+CREATE UNIQUE INDEX relays_shared_name ON relays (name) WHERE tenant_id IS NULL;
 
 CREATE TABLE vrouters (
     id          text COLLATE "C" PRIMARY KEY,
@@ -149,7 +153,7 @@ CREATE TABLE discovery_servers (
     data        jsonb NOT NULL,
     name        text COLLATE "C" NOT NULL,
     region_id   text NOT NULL,
-    kind        text NOT NULL,
+    type        text NOT NULL,
     UNIQUE (tenant_id, name)
 );
 
@@ -168,7 +172,7 @@ CREATE TABLE api_keys (
 
 CREATE TABLE join_tokens (
     id          text COLLATE "C" PRIMARY KEY,
-    tenant_id   text NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id   text REFERENCES tenants (id) ON DELETE CASCADE,
     version     bigint NOT NULL,
     create_time bigint NOT NULL,
     update_time bigint NOT NULL,
@@ -215,7 +219,7 @@ CREATE INDEX audit_log_time ON audit_log (time);
 -- transaction lock before inserting, just before commit.
 CREATE TABLE change_events (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    tenant_id     text NOT NULL,
+    tenant_id     text,
     resource_type text NOT NULL,
     resource_id   text NOT NULL,
     op            text NOT NULL,
@@ -262,13 +266,17 @@ ALTER TABLE policies ENABLE ROW LEVEL SECURITY;
 ALTER TABLE policies FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON policies USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
 
+-- Regions: every scope reads; only the all-tenants scope writes (cloudvlan_visible(NULL)).
 ALTER TABLE regions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE regions FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON regions USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY global_read ON regions FOR SELECT USING (true);
+CREATE POLICY global_write ON regions USING (cloudvlan_visible(NULL)) WITH CHECK (cloudvlan_visible(NULL));
 
 ALTER TABLE relays ENABLE ROW LEVEL SECURITY;
 ALTER TABLE relays FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON relays USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+-- Shared relays (no tenant) are readable by every tenant.
+CREATE POLICY shared_read ON relays FOR SELECT USING (tenant_id IS NULL);
 
 ALTER TABLE vrouters ENABLE ROW LEVEL SECURITY;
 ALTER TABLE vrouters FORCE ROW LEVEL SECURITY;

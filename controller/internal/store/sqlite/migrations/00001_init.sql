@@ -28,7 +28,7 @@ CREATE TABLE cvlans (
 
 CREATE TABLE nodes (
     id             TEXT PRIMARY KEY,
-    tenant_id      TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id      TEXT REFERENCES tenants (id) ON DELETE CASCADE,
     version        INTEGER NOT NULL,
     create_time    INTEGER NOT NULL,
     update_time    INTEGER NOT NULL,
@@ -104,20 +104,22 @@ CREATE TABLE policies (
     UNIQUE (tenant_id, name)
 );
 
+-- Regions are global (no tenant).
 CREATE TABLE regions (
     id          TEXT PRIMARY KEY,
-    tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
     version     INTEGER NOT NULL,
     create_time INTEGER NOT NULL,
     update_time INTEGER NOT NULL,
     data        TEXT NOT NULL,
     name        TEXT NOT NULL,
-    UNIQUE (tenant_id, name)
+    code        TEXT NOT NULL UNIQUE,
+    UNIQUE (name)
 );
 
+-- Relays without a tenant are shared by every tenant.
 CREATE TABLE relays (
     id          TEXT PRIMARY KEY,
-    tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id   TEXT REFERENCES tenants (id) ON DELETE CASCADE,
     version     INTEGER NOT NULL,
     create_time INTEGER NOT NULL,
     update_time INTEGER NOT NULL,
@@ -126,6 +128,8 @@ CREATE TABLE relays (
     region_id   TEXT NOT NULL,
     UNIQUE (tenant_id, name)
 );
+
+CREATE UNIQUE INDEX relays_shared_name ON relays (name) WHERE tenant_id IS NULL;
 
 CREATE TABLE vrouters (
     id          TEXT PRIMARY KEY,
@@ -148,7 +152,7 @@ CREATE TABLE discovery_servers (
     data        TEXT NOT NULL,
     name        TEXT NOT NULL,
     region_id   TEXT NOT NULL,
-    kind        TEXT NOT NULL,
+    type        TEXT NOT NULL,
     UNIQUE (tenant_id, name)
 );
 
@@ -167,7 +171,7 @@ CREATE TABLE api_keys (
 
 CREATE TABLE join_tokens (
     id          TEXT PRIMARY KEY,
-    tenant_id   TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    tenant_id   TEXT REFERENCES tenants (id) ON DELETE CASCADE,
     version     INTEGER NOT NULL,
     create_time INTEGER NOT NULL,
     update_time INTEGER NOT NULL,
@@ -213,7 +217,7 @@ CREATE INDEX audit_log_time ON audit_log (time);
 -- The network-map change feed; AUTOINCREMENT so ids are never reused.
 CREATE TABLE change_events (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
-    tenant_id     TEXT NOT NULL,
+    tenant_id     TEXT,
     resource_type TEXT NOT NULL,
     resource_id   TEXT NOT NULL,
     op            TEXT NOT NULL,

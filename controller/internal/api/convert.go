@@ -370,39 +370,30 @@ func targetDomain(t *v1.PolicyTarget) (domain.PolicyTarget, error) {
 	return domain.PolicyTarget{}, invalid("policy target is empty")
 }
 
-// --- regions (proto code is the domain Name, the unique label; proto name is the DisplayName)
+// --- regions (global)
 
 func regionPB(r *domain.Region, relayIDs []string) *v1.Region {
 	return &v1.Region{
-		Id: r.ID, Name: r.DisplayName, Code: r.Name, Description: r.Description,
+		Id: r.ID, Name: r.Name, Code: r.Code, Description: r.Description,
 		CreateTime: ts(r.CreateTime), UpdateTime: ts(r.UpdateTime), Etag: etag(r.Meta), RelayIds: relayIDs,
 	}
 }
 
-// --- relays
+// --- relays (TenantID empty: shared)
 
-func relayPB(r *domain.Relay, shared bool) *v1.Relay {
-	out := &v1.Relay{
-		Id: r.ID, Name: r.Name, Description: r.Description,
+func relayPB(r *domain.Relay) *v1.Relay {
+	return &v1.Relay{
+		Id: r.ID, TenantId: r.TenantID, Name: r.Name, Description: r.Description,
 		CreateTime: ts(r.CreateTime), UpdateTime: ts(r.UpdateTime), Etag: etag(r.Meta),
-		RegionId: r.RegionID, Addresses: r.Addresses,
-		Status:       v1.RelayStatus(enumNum(v1.RelayStatus(0).Descriptor(), string(r.Status))),
-		LastSeenTime: ts(r.LastSeenTime),
+		RegionId: r.RegionID, Hostname: r.Hostname, Addresses: r.Addresses, StunAddress: r.STUNAddress,
+		Status: v1.RelayStatus(enumNum(v1.RelayStatus(0).Descriptor(), string(r.Status))),
 		Stats: &v1.RelayStats{
-			ConnectedClients: int32(r.Stats.ConnectedClients), BytesForwarded: uint64(r.Stats.BytesForwarded),
-			PacketsForwarded: uint64(r.Stats.PacketsForwarded), UpdateTime: ts(r.Stats.ReportTime),
+			ConnectedClients: r.Stats.ConnectedClients, BytesForwarded: r.Stats.BytesForwarded,
+			PacketsForwarded: r.Stats.PacketsForwarded, Drops: r.Stats.Drops, MeshPeers: r.Stats.MeshPeers,
+			UpdateTime: ts(r.Stats.UpdateTime),
 		},
+		Version: r.SoftwareVersion, LastSeenTime: ts(r.LastSeenTime), CertExpireTime: ts(r.CertExpireTime),
 	}
-	if !shared {
-		out.TenantId = r.TenantID
-	}
-	if r.Stats.PacketsDropped > 0 {
-		out.Stats.Drops = map[string]uint64{"total": uint64(r.Stats.PacketsDropped)}
-	}
-	if len(r.STUNAddresses) > 0 {
-		out.StunAddress = r.STUNAddresses[0]
-	}
-	return out
 }
 
 // --- vrouters
@@ -411,14 +402,23 @@ func vrouterPB(v *domain.VRouter) *v1.VRouter {
 	out := &v1.VRouter{
 		Id: v.ID, TenantId: v.TenantID, Name: v.Name, Description: v.Description,
 		CreateTime: ts(v.CreateTime), UpdateTime: ts(v.UpdateTime), Etag: etag(v.Meta),
-		CvlanId: v.CvlanID, NodeId: v.NodeID, LastSeenTime: ts(v.LastSeenTime),
-		Status: v1.VRouterStatus(enumNum(v1.VRouterStatus(0).Descriptor(), string(v.Status))),
+		RegionId: v.RegionID, CvlanId: v.CvlanID, NodeId: v.NodeID, LastSeenTime: ts(v.LastSeenTime),
+		Status:        v1.VRouterStatus(enumNum(v1.VRouterStatus(0).Descriptor(), string(v.Status))),
+		PublicAddress: v.PublicAddress, Version: v.SoftwareVersion,
+		Stats: &v1.VRouterStats{
+			ConnectionsTotal: v.Stats.ConnectionsTotal, ConnectionsUp: v.Stats.ConnectionsUp,
+			BytesIn: v.Stats.BytesIn, BytesOut: v.Stats.BytesOut, PacketsIn: v.Stats.PacketsIn,
+			PacketsOut: v.Stats.PacketsOut, UpdateTime: ts(v.Stats.UpdateTime),
+		},
 	}
 	for _, c := range v.Connections {
+		// The pre-shared key is never returned (nor written to the audit log): only whether it is set.
 		pc := &v1.VRouterConnection{
-			Name: c.Name, RemoteAddress: c.RemoteAddress, PreSharedKeySet: c.PSKRef != "",
-			LastChangeTime: ts(c.StateTime),
-			Status:         v1.VRouterConnectionStatus(enumNum(v1.VRouterConnectionStatus(0).Descriptor(), c.State)),
+			Name: c.Name, RemoteAddress: c.RemoteAddress, PreSharedKeySet: c.PreSharedKey != "",
+			IkeVersion: v1.IkeVersion(enumNum(v1.IkeVersion(0).Descriptor(), c.IKEVersion)),
+			RemoteId:   c.RemoteID, IkeProposal: c.IKEProposal, EspProposal: c.ESPProposal,
+			Status:         v1.VRouterConnectionStatus(enumNum(v1.VRouterConnectionStatus(0).Descriptor(), c.Status)),
+			LastChangeTime: ts(c.LastChangeTime), Error: c.Error,
 		}
 		for _, p := range c.LocalSubnets {
 			pc.LocalSubnets = append(pc.LocalSubnets, p.String())
@@ -431,6 +431,8 @@ func vrouterPB(v *domain.VRouter) *v1.VRouter {
 	return out
 }
 
+// vrouterConnsDomain converts the requested connections; a connection sent without a
+// pre-shared key keeps the one stored for the same name (clients never see it to send it back).
 func vrouterConnsDomain(cs []*v1.VRouterConnection, old []domain.VRouterConnection) ([]domain.VRouterConnection, error) {
 	prev := map[string]domain.VRouterConnection{}
 	for _, c := range old {
@@ -438,7 +440,11 @@ func vrouterConnsDomain(cs []*v1.VRouterConnection, old []domain.VRouterConnecti
 	}
 	out := make([]domain.VRouterConnection, 0, len(cs))
 	for _, c := range cs {
-		dc := domain.VRouterConnection{Name: c.GetName(), RemoteAddress: c.GetRemoteAddress()}
+		dc := domain.VRouterConnection{
+			Name: c.GetName(), RemoteAddress: c.GetRemoteAddress(), IKEVersion: enumStr(c.GetIkeVersion()),
+			PreSharedKey: c.GetPreSharedKey(), RemoteID: c.GetRemoteId(), IKEProposal: c.GetIkeProposal(),
+			ESPProposal: c.GetEspProposal(),
+		}
 		for _, s := range c.GetLocalSubnets() {
 			p, err := parsePrefix(s)
 			if err != nil {
@@ -453,10 +459,11 @@ func vrouterConnsDomain(cs []*v1.VRouterConnection, old []domain.VRouterConnecti
 			}
 			dc.RemoteSubnets = append(dc.RemoteSubnets, p)
 		}
-		// The pre-shared key itself is never stored in the row: keep the reference of an
-		// unchanged connection (see the report: a secret store for PSKs is still missing).
-		if p, ok := prev[dc.Name]; ok && c.GetPreSharedKey() == "" {
-			dc.PSKRef, dc.State, dc.StateTime = p.PSKRef, p.State, p.StateTime
+		if p, ok := prev[dc.Name]; ok {
+			if dc.PreSharedKey == "" {
+				dc.PreSharedKey = p.PreSharedKey
+			}
+			dc.Status, dc.LastChangeTime, dc.Error = p.Status, p.LastChangeTime, p.Error
 		}
 		out = append(out, dc)
 	}
@@ -469,8 +476,9 @@ func discoveryPB(d *domain.DiscoveryServer) *v1.DiscoveryServer {
 	return &v1.DiscoveryServer{
 		Id: d.ID, TenantId: d.TenantID, Name: d.Name, Description: d.Description,
 		CreateTime: ts(d.CreateTime), UpdateTime: ts(d.UpdateTime), Etag: etag(d.Meta),
-		Address: d.Address, RegionId: d.RegionID, Enabled: true,
-		Type: v1.DiscoveryServerType(enumNum(v1.DiscoveryServerType(0).Descriptor(), d.Kind)),
+		Address: d.Address, RegionId: d.RegionID, Enabled: d.Enabled, Username: d.Username,
+		CredentialSet: d.Credential != "",
+		Type:          v1.DiscoveryServerType(enumNum(v1.DiscoveryServerType(0).Descriptor(), d.Type)),
 	}
 }
 
@@ -508,7 +516,7 @@ func joinTokenKindPB(k domain.NodeKind) v1.JoinTokenKind {
 
 func joinTokenPB(j *domain.JoinToken, now time.Time) *v1.JoinToken {
 	return &v1.JoinToken{
-		Id: j.ID, TenantId: j.TenantID, Description: j.Description,
+		Id: j.ID, TenantId: j.TenantID, Name: j.Name, Description: j.Description,
 		CreateTime: ts(j.CreateTime), UpdateTime: ts(j.UpdateTime), Etag: etag(j.Meta),
 		CvlanId: j.CvlanID, Kind: joinTokenKindPB(j.Kind), TargetId: j.TargetID, Reusable: j.Reusable,
 		MaxUses: j.MaxUses, UseCount: j.UseCount, Ephemeral: j.Ephemeral, Tags: j.Tags,

@@ -233,10 +233,24 @@ func (s *server) CreateJoinToken(ctx context.Context, req *connect.Request[v1.Cr
 		return nil, s.toConnect(ctx, err)
 	}
 	j := &domain.JoinToken{
-		TenantID: scope.TenantID, Description: in.GetDescription(), Prefix: label, Hash: hash,
+		TenantID: scope.TenantID, Name: in.GetName(), Description: in.GetDescription(), Prefix: label, Hash: hash,
 		Kind: domain.NodeKind(enumStr(in.GetKind())), TargetID: in.GetTargetId(), CvlanID: in.GetCvlanId(),
 		Reusable: in.GetReusable(), MaxUses: in.GetMaxUses(), Ephemeral: in.GetEphemeral(),
 		Tags: slices.Clone(in.GetTags()), ExpireTime: s.now().Add(ttl).UTC(), CreatedBy: p.ID,
+	}
+	if j.Kind == domain.NodeKindRelay {
+		// A token for a shared relay has no tenant and is created in the all-tenants scope,
+		// by super_admin only.
+		var r *domain.Relay
+		if err := s.read(ctx, scope, func(tx store.Tx) (err error) { r, err = tx.GetRelay(ctx, j.TargetID); return }); err != nil {
+			return nil, err
+		}
+		if r.TenantID == "" {
+			if !p.IsSuperAdmin() {
+				return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only super_admin enrolls shared relays"))
+			}
+			scope, j.TenantID = store.AllTenants(), ""
+		}
 	}
 	err = doCreate(ctx, s, scope, "join_token.create", domain.ResourceJoinToken, j, store.Tx.CreateJoinToken, s.joinTokenMsg,
 		func(tx store.Tx) error {

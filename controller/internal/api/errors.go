@@ -39,6 +39,8 @@ func (s *server) toConnect(ctx context.Context, err error) error {
 	case errors.Is(err, domain.ErrFailedPrecondition), errors.Is(err, domain.ErrTokenUsed),
 		errors.Is(err, domain.ErrTokenExpired), errors.Is(err, domain.ErrTokenRevoked):
 		code = connect.CodeFailedPrecondition
+	case errors.Is(err, domain.ErrPermissionDenied):
+		code = connect.CodePermissionDenied
 	case errors.Is(err, domain.ErrInvalid):
 		code = connect.CodeInvalidArgument
 	case errors.Is(err, context.Canceled):

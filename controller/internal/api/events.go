@@ -183,7 +183,6 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 		}
 		tenant = m.GetTenantId()
 	}
-	sys, _ := s.systemTenant(ctx)
 	kinds := m.GetResourceTypes()
 	sub, err := s.hub.subscribe(ctx)
 	if err != nil {
@@ -207,9 +206,8 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 				return err
 			}
 		case e := <-sub.ch:
-			// Deployment-wide resources (regions, shared relays) live in the system tenant and
-			// are visible to every tenant.
-			if tenant != "" && e.TenantID != tenant && e.TenantID != sys {
+			// Global resources (regions, shared relays: no tenant) are visible to every tenant.
+			if tenant != "" && e.TenantID != tenant && e.TenantID != "" {
 				continue
 			}
 			rt := resourceTypePB(e.ResourceType)
@@ -219,9 +217,6 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 			ev := &v1.Event{
 				EventType: opEvent[e.Op], ResourceType: rt, ResourceId: e.ResourceID, TenantId: e.TenantID,
 				EventTime: ts(e.Time),
-			}
-			if e.TenantID == sys && tenant != sys {
-				ev.TenantId = ""
 			}
 			if e.Op != domain.OpDelete {
 				ev.Etag = etag(domain.Meta{Version: e.Version})
@@ -237,7 +232,11 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 // eventPayload attaches the current node, relay or vrouter so that the UI need not re-read it.
 // A failed read (e.g. deleted since) leaves the payload empty.
 func (s *server) eventPayload(ctx context.Context, e domain.ChangeEvent, ev *v1.Event) {
-	_ = s.st.ReadTx(ctx, store.TenantScope(e.TenantID), func(tx store.Tx) error {
+	scope := store.TenantScope(e.TenantID)
+	if e.TenantID == "" {
+		scope = store.AllTenants()
+	}
+	_ = s.st.ReadTx(ctx, scope, func(tx store.Tx) error {
 		switch e.ResourceType {
 		case domain.ResourceNode:
 			n, err := tx.GetNode(ctx, e.ResourceID)
@@ -247,7 +246,7 @@ func (s *server) eventPayload(ctx context.Context, e domain.ChangeEvent, ev *v1.
 		case domain.ResourceRelay:
 			r, err := tx.GetRelay(ctx, e.ResourceID)
 			if err == nil {
-				ev.Payload = &v1.Event_Relay{Relay: relayPB(r, false)}
+				ev.Payload = &v1.Event_Relay{Relay: relayPB(r)}
 			}
 		case domain.ResourceVRouter:
 			v, err := tx.GetVRouter(ctx, e.ResourceID)

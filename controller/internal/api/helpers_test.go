@@ -1,7 +1,10 @@
 package api
 
 import (
+	"encoding/base64"
+
 	"context"
+	"golang.org/x/crypto/curve25519"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -197,4 +200,46 @@ func code(err error) connect.Code {
 		return 0
 	}
 	return connect.CodeOf(err)
+}
+
+func openStoreAt(t testing.TB, path string) store.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), sqlite.Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+// newEnvFrom serves an already bootstrapped store again (a controller restart).
+func newEnvFrom(t testing.TB, st store.Store, prev *env, deps *Deps, opts ...Option) *env {
+	t.Helper()
+	mux := http.NewServeMux()
+	d := Deps{Store: st}
+	if deps != nil {
+		d = *deps
+		d.Store = st
+	}
+	a, err := Mount(mux, d, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(mux)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(func() { srv.Close(); a.Close() })
+	return &env{st: st, srv: srv, api: a, admin: prev.admin, sysTID: prev.sysTID}
+}
+
+func publicOf(priv string) (string, error) {
+	k, err := base64.StdEncoding.DecodeString(priv)
+	if err != nil {
+		return "", err
+	}
+	p, err := curve25519.X25519(k, curve25519.Basepoint)
+	if err != nil {
+		return "", err
+	}
+	return base64.StdEncoding.EncodeToString(p), nil
 }

@@ -14,21 +14,13 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 )
 
-// Regions and shared relays are deployment-wide, but every store row belongs to a tenant: they
-// live in the system tenant (auth.SystemTenantName), read by everyone and written by super_admin.
+// Regions are global (every scope reads them, the all-tenants scope changes them); relays
+// without a tenant are shared (readable by every tenant, changed by super_admin only).
 
 func regionMsg(r *domain.Region) proto.Message { return regionPB(r, nil) }
 
-func (s *server) sysScope(ctx context.Context) (store.Scope, error) {
-	id, err := s.systemTenant(ctx)
-	if err != nil {
-		return store.Scope{}, s.toConnect(ctx, err)
-	}
-	return store.TenantScope(id), nil
-}
-
 func (s *server) GetRegion(ctx context.Context, req *connect.Request[v1.GetRegionRequest]) (*connect.Response[v1.GetRegionResponse], error) {
-	scope, err := s.sysScope(ctx)
+	scope, err := s.tenantOf(ctx, "")
 	if err != nil {
 		return nil, err
 	}
@@ -61,19 +53,20 @@ func (s *server) GetRegion(ctx context.Context, req *connect.Request[v1.GetRegio
 }
 
 func (s *server) ListRegions(ctx context.Context, req *connect.Request[v1.ListRegionsRequest]) (*connect.Response[v1.ListRegionsResponse], error) {
-	scope, err := s.sysScope(ctx)
+	scope, err := s.tenantOf(ctx, "")
 	if err != nil {
 		return nil, err
 	}
 	m := req.Msg
 	out := &v1.ListRegionsResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListRegions(ctx, store.RegionFilter{NamePrefix: m.GetCode()}, listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListRegions(ctx, store.RegionFilter{}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, r := range p.Items {
-			if m.GetCode() != "" && r.Name != m.GetCode() {
+			// The store has no code filter: applied to the page (pages may be short).
+			if m.GetCode() != "" && r.Code != m.GetCode() {
 				continue
 			}
 			out.Regions = append(out.Regions, regionPB(r, nil))
@@ -88,30 +81,22 @@ func (s *server) ListRegions(ctx context.Context, req *connect.Request[v1.ListRe
 }
 
 func (s *server) CreateRegion(ctx context.Context, req *connect.Request[v1.CreateRegionRequest]) (*connect.Response[v1.CreateRegionResponse], error) {
-	scope, err := s.sysScope(ctx)
-	if err != nil {
-		return nil, err
-	}
 	in := req.Msg.GetRegion()
-	r := &domain.Region{TenantID: scope.TenantID, Name: in.GetCode(), DisplayName: in.GetName(), Description: in.GetDescription()}
-	if err := doCreate(ctx, s, scope, "region.create", domain.ResourceRegion, r, store.Tx.CreateRegion, regionMsg, nil); err != nil {
+	r := &domain.Region{Name: in.GetName(), Code: in.GetCode(), Description: in.GetDescription()}
+	if err := doCreate(ctx, s, store.AllTenants(), "region.create", domain.ResourceRegion, r, store.Tx.CreateRegion, regionMsg, nil); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&v1.CreateRegionResponse{Region: regionPB(r, nil)}), nil
 }
 
 func (s *server) UpdateRegion(ctx context.Context, req *connect.Request[v1.UpdateRegionRequest]) (*connect.Response[v1.UpdateRegionResponse], error) {
-	scope, err := s.sysScope(ctx)
-	if err != nil {
-		return nil, err
-	}
 	in := req.Msg.GetRegion()
-	r, err := doUpdate(ctx, s, scope, in.GetId(), in.GetEtag(), "region.update", domain.ResourceRegion,
+	r, err := doUpdate(ctx, s, store.AllTenants(), in.GetId(), in.GetEtag(), "region.update", domain.ResourceRegion,
 		store.Tx.GetRegion, store.Tx.UpdateRegion, regionMsg, func(_ store.Tx, r *domain.Region) error {
 			for _, path := range req.Msg.GetUpdateMask().GetPaths() {
 				switch path {
 				case "name":
-					r.DisplayName = in.GetName()
+					r.Name = in.GetName()
 				case "description":
 					r.Description = in.GetDescription()
 				default:
@@ -127,12 +112,8 @@ func (s *server) UpdateRegion(ctx context.Context, req *connect.Request[v1.Updat
 }
 
 func (s *server) DeleteRegion(ctx context.Context, req *connect.Request[v1.DeleteRegionRequest]) (*connect.Response[v1.DeleteRegionResponse], error) {
-	scope, err := s.sysScope(ctx)
-	if err != nil {
-		return nil, err
-	}
 	m := req.Msg
-	if _, err := doDelete(ctx, s, scope, m.GetId(), m.GetEtag(), "region.delete", domain.ResourceRegion, store.Tx.GetRegion,
+	if _, err := doDelete(ctx, s, store.AllTenants(), m.GetId(), m.GetEtag(), "region.delete", domain.ResourceRegion, store.Tx.GetRegion,
 		func(tx store.Tx, id string, v int64) error {
 			p, err := tx.ListRelays(ctx, store.RelayFilter{RegionID: id}, store.ListOptions{PageSize: 1})
 			if err != nil {
@@ -148,78 +129,59 @@ func (s *server) DeleteRegion(ctx context.Context, req *connect.Request[v1.Delet
 	return connect.NewResponse(&v1.DeleteRegionResponse{}), nil
 }
 
-// --- relays: a tenant's own relays live in its tenant; shared relays in the system tenant.
+// --- relays
 
-// relayScope picks the tenant a relay request acts on. shared selects the system tenant, which
-// only super_admin may change (reads are open to every caller).
-func (s *server) relayScope(ctx context.Context, tenantID string, shared, write bool) (store.Scope, bool, error) {
-	if !shared {
-		scope, err := s.tenantOf(ctx, tenantID)
-		if err != nil {
-			return scope, false, err
-		}
-		sys, _ := s.systemTenant(ctx)
-		return scope, scope.TenantID == sys, nil
-	}
-	p, err := principal(ctx)
+func relayMsg(r *domain.Relay) proto.Message { return relayPB(r) }
+
+// relayWriteScope is the scope that may change relay r: its tenant, or for a shared relay the
+// all-tenants scope, which only super_admin gets.
+func (s *server) relayWriteScope(ctx context.Context, tenantID, id string) (store.Scope, error) {
+	scope, err := s.tenantOf(ctx, tenantID)
 	if err != nil {
-		return store.Scope{}, false, err
+		return scope, err
 	}
-	if write && !p.IsSuperAdmin() {
-		return store.Scope{}, false, connect.NewError(connect.CodePermissionDenied, errors.New("only super_admin manages shared relays"))
+	var r *domain.Relay
+	if err := s.read(ctx, scope, func(tx store.Tx) (err error) { r, err = tx.GetRelay(ctx, id); return }); err != nil {
+		return scope, err
 	}
-	scope, err := s.sysScope(ctx)
-	return scope, true, err
-}
-
-// findRelay reads a relay from the caller's tenant, falling back to the shared ones.
-func (s *server) findRelay(ctx context.Context, tenantID, id string, write bool) (*domain.Relay, store.Scope, bool, error) {
-	for _, shared := range []bool{false, true} {
-		scope, isShared, err := s.relayScope(ctx, tenantID, shared, false)
-		if err != nil {
-			return nil, scope, false, err
-		}
-		var r *domain.Relay
-		err = s.read(ctx, scope, func(tx store.Tx) (err error) { r, err = tx.GetRelay(ctx, id); return })
-		if connect.CodeOf(err) == connect.CodeNotFound && !shared {
-			continue
-		}
-		if err != nil {
-			return nil, scope, false, err
-		}
-		if write && isShared {
-			if p, _ := principal(ctx); p == nil || !p.IsSuperAdmin() {
-				return nil, scope, false, connect.NewError(connect.CodePermissionDenied, errors.New("only super_admin manages shared relays"))
-			}
-		}
-		return r, scope, isShared, nil
+	if r.TenantID != "" {
+		return scope, nil
 	}
-	return nil, store.Scope{}, false, connect.NewError(connect.CodeNotFound, errors.New("relay not found"))
+	if p, _ := principal(ctx); p == nil || !p.IsSuperAdmin() {
+		return scope, connect.NewError(connect.CodePermissionDenied, errors.New("only super_admin manages shared relays"))
+	}
+	return store.AllTenants(), nil
 }
 
 func (s *server) GetRelay(ctx context.Context, req *connect.Request[v1.GetRelayRequest]) (*connect.Response[v1.GetRelayResponse], error) {
-	r, _, shared, err := s.findRelay(ctx, req.Msg.GetTenantId(), req.Msg.GetId(), false)
+	scope, err := s.tenantOf(ctx, req.Msg.GetTenantId())
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&v1.GetRelayResponse{Relay: relayPB(r, shared)}), nil
+	var r *domain.Relay
+	if err := s.read(ctx, scope, func(tx store.Tx) (err error) { r, err = tx.GetRelay(ctx, req.Msg.GetId()); return }); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&v1.GetRelayResponse{Relay: relayPB(r)}), nil
 }
 
 func (s *server) ListRelays(ctx context.Context, req *connect.Request[v1.ListRelaysRequest]) (*connect.Response[v1.ListRelaysResponse], error) {
 	m := req.Msg
-	scope, shared, err := s.relayScope(ctx, m.GetTenantId(), m.GetShared(), false)
+	scope, err := s.tenantOf(ctx, m.GetTenantId())
 	if err != nil {
 		return nil, err
 	}
 	out := &v1.ListRelaysResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListRelays(ctx, store.RelayFilter{RegionID: m.GetRegionId(), NamePrefix: m.GetNamePrefix()}, listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListRelays(ctx, store.RelayFilter{RegionID: m.GetRegionId(), NamePrefix: m.GetNamePrefix(), SharedOnly: m.GetShared()},
+			listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, r := range p.Items {
-			pb := relayPB(r, shared)
-			if m.GetStatus() != 0 && pb.GetStatus() != m.GetStatus() {
+			pb := relayPB(r)
+			// Status and "own relays only" are not store filters: applied to the page.
+			if (m.GetStatus() != 0 && pb.GetStatus() != m.GetStatus()) || (m.Shared != nil && !m.GetShared() && r.TenantID == "") {
 				continue
 			}
 			out.Relays = append(out.Relays, pb)
@@ -235,42 +197,37 @@ func (s *server) ListRelays(ctx context.Context, req *connect.Request[v1.ListRel
 
 func (s *server) CreateRelay(ctx context.Context, req *connect.Request[v1.CreateRelayRequest]) (*connect.Response[v1.CreateRelayResponse], error) {
 	m := req.Msg
-	scope, shared, err := s.relayScope(ctx, m.GetTenantId(), m.GetShared(), true)
+	scope, err := s.tenantOf(ctx, m.GetTenantId())
 	if err != nil {
 		return nil, err
 	}
 	in := m.GetRelay()
 	r := &domain.Relay{
 		TenantID: scope.TenantID, RegionID: in.GetRegionId(), Name: in.GetName(), Description: in.GetDescription(),
-		Addresses: slices.Clone(in.GetAddresses()), Status: domain.NodePending,
+		Hostname: in.GetHostname(), Addresses: slices.Clone(in.GetAddresses()), STUNAddress: in.GetStunAddress(),
+		Status: domain.RelayPending,
 	}
-	if in.GetStunAddress() != "" {
-		r.STUNAddresses = []string{in.GetStunAddress()}
+	if m.GetShared() {
+		if p, _ := principal(ctx); !p.IsSuperAdmin() {
+			return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only super_admin creates shared relays"))
+		}
+		scope, r.TenantID = store.AllTenants(), ""
 	}
-	sys, err := s.sysScope(ctx)
-	if err != nil {
+	if err := doCreate(ctx, s, scope, "relay.create", domain.ResourceRelay, r, store.Tx.CreateRelay, relayMsg,
+		func(tx store.Tx) error { _, err := tx.GetRegion(ctx, r.RegionID); return err }); err != nil {
 		return nil, err
 	}
-	// The region is deployment-wide: check it in the system tenant before the relay's own tx.
-	if err := s.read(ctx, sys, func(tx store.Tx) error { _, err := tx.GetRegion(ctx, r.RegionID); return err }); err != nil {
-		return nil, err
-	}
-	pb := func(r *domain.Relay) proto.Message { return relayPB(r, shared) }
-	if err := doCreate(ctx, s, scope, "relay.create", domain.ResourceRelay, r, store.Tx.CreateRelay, pb, nil); err != nil {
-		return nil, err
-	}
-	return connect.NewResponse(&v1.CreateRelayResponse{Relay: relayPB(r, shared)}), nil
+	return connect.NewResponse(&v1.CreateRelayResponse{Relay: relayPB(r)}), nil
 }
 
 func (s *server) UpdateRelay(ctx context.Context, req *connect.Request[v1.UpdateRelayRequest]) (*connect.Response[v1.UpdateRelayResponse], error) {
 	in := req.Msg.GetRelay()
-	_, scope, shared, err := s.findRelay(ctx, req.Msg.GetTenantId(), in.GetId(), true)
+	scope, err := s.relayWriteScope(ctx, req.Msg.GetTenantId(), in.GetId())
 	if err != nil {
 		return nil, err
 	}
-	pb := func(r *domain.Relay) proto.Message { return relayPB(r, shared) }
 	r, err := doUpdate(ctx, s, scope, in.GetId(), in.GetEtag(), "relay.update", domain.ResourceRelay,
-		store.Tx.GetRelay, store.Tx.UpdateRelay, pb, func(_ store.Tx, r *domain.Relay) error {
+		store.Tx.GetRelay, store.Tx.UpdateRelay, relayMsg, func(tx store.Tx, r *domain.Relay) error {
 			for _, path := range req.Msg.GetUpdateMask().GetPaths() {
 				switch path {
 				case "name":
@@ -278,17 +235,16 @@ func (s *server) UpdateRelay(ctx context.Context, req *connect.Request[v1.Update
 				case "description":
 					r.Description = in.GetDescription()
 				case "region_id":
+					if _, err := tx.GetRegion(ctx, in.GetRegionId()); err != nil {
+						return err
+					}
 					r.RegionID = in.GetRegionId()
+				case "hostname":
+					r.Hostname = in.GetHostname()
 				case "addresses":
 					r.Addresses = slices.Clone(in.GetAddresses())
 				case "stun_address":
-					r.STUNAddresses = nil
-					if in.GetStunAddress() != "" {
-						r.STUNAddresses = []string{in.GetStunAddress()}
-					}
-				case "hostname":
-					// Not persisted by the store yet (domain.Relay has no hostname); accepted so that
-					// clients following the proto do not fail.
+					r.STUNAddress = in.GetStunAddress()
 				default:
 					return invalid("update_mask path %q is not allowed", path)
 				}
@@ -298,18 +254,17 @@ func (s *server) UpdateRelay(ctx context.Context, req *connect.Request[v1.Update
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&v1.UpdateRelayResponse{Relay: relayPB(r, shared)}), nil
+	return connect.NewResponse(&v1.UpdateRelayResponse{Relay: relayPB(r)}), nil
 }
 
 func (s *server) DeleteRelay(ctx context.Context, req *connect.Request[v1.DeleteRelayRequest]) (*connect.Response[v1.DeleteRelayResponse], error) {
 	m := req.Msg
-	_, scope, shared, err := s.findRelay(ctx, m.GetTenantId(), m.GetId(), true)
+	scope, err := s.relayWriteScope(ctx, m.GetTenantId(), m.GetId())
 	if err != nil {
 		return nil, err
 	}
-	pb := func(r *domain.Relay) proto.Message { return relayPB(r, shared) }
 	if _, err := doDelete(ctx, s, scope, m.GetId(), m.GetEtag(), "relay.delete", domain.ResourceRelay, store.Tx.GetRelay,
-		func(tx store.Tx, id string, v int64) error { return tx.DeleteRelay(ctx, id, v) }, pb); err != nil {
+		func(tx store.Tx, id string, v int64) error { return tx.DeleteRelay(ctx, id, v) }, relayMsg); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&v1.DeleteRelayResponse{}), nil
@@ -369,9 +324,18 @@ func (s *server) CreateVRouter(ctx context.Context, req *connect.Request[v1.Crea
 	if err != nil {
 		return nil, err
 	}
-	v := &domain.VRouter{TenantID: scope.TenantID, CvlanID: in.GetCvlanId(), Name: in.GetName(), Description: in.GetDescription(), Status: domain.NodePending, Connections: conns}
+	v := &domain.VRouter{
+		TenantID: scope.TenantID, RegionID: in.GetRegionId(), CvlanID: in.GetCvlanId(), Name: in.GetName(),
+		Description: in.GetDescription(), Status: domain.VRouterPending, Connections: conns,
+	}
 	if err := doCreate(ctx, s, scope, "vrouter.create", domain.ResourceVRouter, v, store.Tx.CreateVRouter, vrouterMsg,
-		func(tx store.Tx) error { _, err := tx.GetCvlan(ctx, v.CvlanID); return err }); err != nil {
+		func(tx store.Tx) error {
+			if _, err := tx.GetRegion(ctx, v.RegionID); err != nil {
+				return err
+			}
+			_, err := tx.GetCvlan(ctx, v.CvlanID)
+			return err
+		}); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&v1.CreateVRouterResponse{Vrouter: vrouterPB(v)}), nil
@@ -384,7 +348,7 @@ func (s *server) UpdateVRouter(ctx context.Context, req *connect.Request[v1.Upda
 	}
 	in := req.Msg.GetVrouter()
 	v, err := doUpdate(ctx, s, scope, in.GetId(), in.GetEtag(), "vrouter.update", domain.ResourceVRouter,
-		store.Tx.GetVRouter, store.Tx.UpdateVRouter, vrouterMsg, func(_ store.Tx, v *domain.VRouter) error {
+		store.Tx.GetVRouter, store.Tx.UpdateVRouter, vrouterMsg, func(tx store.Tx, v *domain.VRouter) error {
 			for _, path := range req.Msg.GetUpdateMask().GetPaths() {
 				switch path {
 				case "name":
@@ -392,7 +356,10 @@ func (s *server) UpdateVRouter(ctx context.Context, req *connect.Request[v1.Upda
 				case "description":
 					v.Description = in.GetDescription()
 				case "region_id":
-					// Not persisted by the store yet (domain.VRouter has no region).
+					if _, err := tx.GetRegion(ctx, in.GetRegionId()); err != nil {
+						return err
+					}
+					v.RegionID = in.GetRegionId()
 				case "connections":
 					cs, err := vrouterConnsDomain(in.GetConnections(), v.Connections)
 					if err != nil {
@@ -448,7 +415,7 @@ func (s *server) ListDiscoveryServers(ctx context.Context, req *connect.Request[
 	}
 	out := &v1.ListDiscoveryServersResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListDiscoveryServers(ctx, store.DiscoveryServerFilter{RegionID: m.GetRegionId(), Kind: enumStr(m.GetType())}, listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListDiscoveryServers(ctx, store.DiscoveryServerFilter{RegionID: m.GetRegionId(), Type: enumStr(m.GetType())}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
@@ -470,7 +437,11 @@ func (s *server) CreateDiscoveryServer(ctx context.Context, req *connect.Request
 		return nil, err
 	}
 	in := req.Msg.GetDiscoveryServer()
-	d := &domain.DiscoveryServer{TenantID: scope.TenantID, Name: in.GetName(), Description: in.GetDescription(), Kind: enumStr(in.GetType()), Address: in.GetAddress(), RegionID: in.GetRegionId()}
+	d := &domain.DiscoveryServer{
+		TenantID: scope.TenantID, Name: in.GetName(), Description: in.GetDescription(), Type: enumStr(in.GetType()),
+		Address: in.GetAddress(), RegionID: in.GetRegionId(), Enabled: in.GetEnabled(), Username: in.GetUsername(),
+		Credential: in.GetCredential(),
+	}
 	if err := doCreate(ctx, s, scope, "discovery_server.create", domain.ResourceDiscoveryServer, d, store.Tx.CreateDiscoveryServer, discoveryMsg, nil); err != nil {
 		return nil, err
 	}
@@ -495,8 +466,12 @@ func (s *server) UpdateDiscoveryServer(ctx context.Context, req *connect.Request
 					d.Address = in.GetAddress()
 				case "region_id":
 					d.RegionID = in.GetRegionId()
-				case "enabled", "username", "credential":
-					// Not persisted by the store yet (see report).
+				case "enabled":
+					d.Enabled = in.GetEnabled()
+				case "username":
+					d.Username = in.GetUsername()
+				case "credential":
+					d.Credential = in.GetCredential()
 				default:
 					return invalid("update_mask path %q is not allowed", path)
 				}

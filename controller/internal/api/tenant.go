@@ -225,7 +225,7 @@ func (s *server) GetTenantStats(ctx context.Context, req *connect.Request[v1.Get
 			}
 			for _, r := range p.Items {
 				st.RelaysTotal++
-				if r.Status == domain.NodeOnline {
+				if r.Status == domain.RelayOnline {
 					st.RelaysOnline++
 				}
 			}
@@ -240,7 +240,7 @@ func (s *server) GetTenantStats(ctx context.Context, req *connect.Request[v1.Get
 			}
 			for _, r := range p.Items {
 				st.VroutersTotal++
-				if r.Status == domain.NodeOnline {
+				if r.Status == domain.VRouterOnline {
 					st.VroutersOnline++
 				}
 			}

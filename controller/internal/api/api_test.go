@@ -284,7 +284,7 @@ func TestFailedMutationWritesNoAudit(t *testing.T) {
 			}
 			// Fails in the handler after the store update ran (status change without super_admin)...
 			_, err := c.tenant.UpdateTenant(ctx, connect.NewRequest(&v1.UpdateTenantRequest{
-				Tenant: &v1.Tenant{Id: tid, Description: "x", Status: v1.TenantStatus_TENANT_STATUS_SUSPENDED},
+				Tenant:     &v1.Tenant{Id: tid, Description: "x", Status: v1.TenantStatus_TENANT_STATUS_SUSPENDED},
 				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"description", "status"}},
 			}))
 			if code(err) != connect.CodePermissionDenied {

@@ -196,8 +196,11 @@ func (e *Engine) Load(id NetworkID, cfg NetworkConfig, nodes []Node, policies []
 			return fmt.Errorf("load network %s/%s: %w: duplicate id %q", id.Tenant, id.Cvlan, ErrInvalidNode, n.ID)
 		}
 		n = cloneNode(n)
-		nw.dir.Put(attrsOf(&n))
-		nw.nodes[n.ID] = &nodeState{node: n, peer: nw.peerOf(&n), epoch: e.newEpoch(), version: 1}
+		st := &nodeState{node: n, peer: nw.peerOf(&n), epoch: e.newEpoch(), version: 1}
+		a := attrsOf(&n)
+		a.Ref = st
+		nw.dir.Put(a)
+		nw.nodes[n.ID] = st
 		if k := nameKey(n.Name); k != "" {
 			nw.names[k] = n.ID
 		}
@@ -226,7 +229,7 @@ func (e *Engine) SetNetworkConfig(id NetworkID, cfg NetworkConfig) []*Delta {
 	b := nw.newBatch(len(nw.nodes))
 	for _, st := range nw.nodes {
 		st.peer = nw.peerOf(&st.node)
-		b.resync(st.node.ID)
+		b.resync(st)
 	}
 	return b.commit()
 }
@@ -315,38 +318,51 @@ func cloneNode(n Node) Node {
 // batch collects the deltas of one change, one per affected node.
 type batch struct {
 	nw     *network
-	srcs   *policy.SourceCache
-	drafts map[string]*draft
-	order  []*draft
+	srcs *policy.SourceCache
+	// order holds the drafts; index finds them by node id and is built lazily,
+	// so a fan-out to N fresh nodes (a join in an all-to-all network) costs no
+	// map operation at all.
+	order   []*draft
+	index   map[string]*draft
+	indexed int // order[:indexed] is in index
 }
 
 // draft is a delta being built; owned is false while its Change is shared with
 // other nodes and must be copied before it is modified.
 type draft struct {
 	d      Delta // in the draft, so a fan-out allocates once per node
+	st     *nodeState
 	owned  bool
 	resync bool
 }
 
-// resync marks the node for a snapshot; whatever else the batch gives it is
-// dropped at commit.
-func (b *batch) resync(id string) {
-	b.mut(id)
-	b.drafts[id].resync = true
-}
-
 // newBatch starts a batch; hint is the expected number of affected nodes.
 func (nw *network) newBatch(hint int) *batch {
-	return &batch{nw: nw, drafts: make(map[string]*draft, hint), order: make([]*draft, 0, hint), srcs: policy.NewSourceCache()}
+	return &batch{nw: nw, order: make([]*draft, 0, hint), srcs: policy.NewSourceCache()}
+}
+
+func (b *batch) lookup(id string) *draft {
+	if b.index == nil {
+		b.index = make(map[string]*draft, len(b.order))
+	}
+	for ; b.indexed < len(b.order); b.indexed++ {
+		dr := b.order[b.indexed]
+		b.index[dr.d.NodeID] = dr
+	}
+	return b.index[id]
+}
+
+func (b *batch) add(st *nodeState, c *Change, owned bool) *draft {
+	dr := &draft{d: Delta{NodeID: st.node.ID, Change: c}, st: st, owned: owned}
+	b.order = append(b.order, dr)
+	return dr
 }
 
 // mut returns a Change of the node's own, to modify.
-func (b *batch) mut(id string) *Change {
-	dr := b.drafts[id]
+func (b *batch) mut(st *nodeState) *Change {
+	dr := b.lookup(st.node.ID)
 	if dr == nil {
-		dr = &draft{d: Delta{NodeID: id, Change: &Change{}}, owned: true}
-		b.drafts[id] = dr
-		b.order = append(b.order, dr)
+		dr = b.add(st, &Change{}, true)
 	} else if !dr.owned {
 		dr.d.Change = dr.d.Change.clone()
 		dr.owned = true
@@ -355,14 +371,33 @@ func (b *batch) mut(id string) *Change {
 }
 
 // share gives the node the change c, shared with the other nodes given c.
-func (b *batch) share(id string, c *Change) {
-	if dr := b.drafts[id]; dr != nil {
-		b.mut(id).merge(c)
+func (b *batch) share(st *nodeState, c *Change) {
+	if dr := b.lookup(st.node.ID); dr != nil {
+		b.mut(st).merge(c)
 		return
 	}
-	dr := &draft{d: Delta{NodeID: id, Change: c}}
-	b.drafts[id] = dr
-	b.order = append(b.order, dr)
+	b.add(st, c, false)
+}
+
+// fanout shares c with every node of refs (*nodeState, each once). Into an
+// empty batch it appends without lookups.
+func (b *batch) fanout(refs []any, c *Change) {
+	if len(b.order) == 0 {
+		for _, r := range refs {
+			b.add(r.(*nodeState), c, false)
+		}
+		return
+	}
+	for _, r := range refs {
+		b.share(r.(*nodeState), c)
+	}
+}
+
+// resync marks the node for a snapshot; whatever else the batch gives it is
+// dropped at commit.
+func (b *batch) resync(st *nodeState) {
+	b.mut(st)
+	b.lookup(st.node.ID).resync = true
 }
 
 func (c *Change) clone() *Change {
@@ -395,7 +430,7 @@ func (b *batch) refreshFilter(st *nodeState) {
 	f := b.nw.pol.FilterCached(b.nw.dir, attrsOf(&st.node), b.srcs)
 	if h := policy.HashFilter(f); h != st.filterHash {
 		st.filterHash = h
-		c := b.mut(st.node.ID)
+		c := b.mut(st)
 		c.PacketFilterChanged = true
 		c.PacketFilter = f
 	}
@@ -405,11 +440,7 @@ func (b *batch) refreshFilter(st *nodeState) {
 func (b *batch) commit() []*Delta {
 	out := make([]*Delta, 0, len(b.order))
 	for _, dr := range b.order {
-		d := &dr.d
-		st := b.nw.nodes[d.NodeID]
-		if st == nil {
-			continue
-		}
+		d, st := &dr.d, dr.st
 		if dr.resync {
 			st.epoch, st.version, st.hist = b.nw.e.newEpoch(), 1, ring{}
 			*d = Delta{NodeID: d.NodeID, Epoch: st.epoch, Version: 1, Resync: true, Change: &Change{}}
@@ -446,10 +477,11 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 	rec, hasRec := nw.record(&n)
 	st, exists := nw.nodes[n.ID]
 	if !exists {
-		peers := nw.pol.Peers(nw.dir, newAttrs)
+		peers := nw.pol.PeerRefs(nw.dir, newAttrs)
 		b := nw.newBatch(len(peers))
-		nw.dir.Put(newAttrs)
 		st = &nodeState{node: n, peer: newPeer, epoch: e.newEpoch(), version: 1}
+		newAttrs.Ref = st
+		nw.dir.Put(newAttrs)
 		nw.nodes[n.ID] = st
 		if k := nameKey(n.Name); k != "" {
 			nw.names[k] = n.ID
@@ -459,9 +491,7 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 		if hasRec {
 			joined.DNSUpserted = []DNSRecord{rec}
 		}
-		for _, p := range peers {
-			b.share(p, joined)
-		}
+		b.fanout(peers, joined)
 		for _, dep := range nw.pol.FilterDependents(nw.dir, nil, &newAttrs) {
 			if dep != n.ID {
 				b.refreshFilter(nw.nodes[dep])
@@ -473,6 +503,7 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 	b := nw.newBatch(0)
 	old := st.node
 	oldAttrs := attrsOf(&old)
+	newAttrs.Ref = st
 	oldFQDN := nw.fqdn(old.Name)
 	attrsChanged := !attrsEqual(oldAttrs, newAttrs)
 	var added, removed []string
@@ -506,15 +537,15 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 				kept.DNSUpserted = []DNSRecord{rec}
 			}
 		}
-		isAdded := make(map[string]bool, len(added))
-		for _, a := range added {
-			isAdded[a] = true
-		}
-		for _, p := range nw.pol.Peers(nw.dir, newAttrs) {
-			if !isAdded[p] {
-				b.share(p, kept)
+		refs := nw.pol.PeerRefs(nw.dir, newAttrs)
+		if len(added) > 0 {
+			isAdded := make(map[string]bool, len(added))
+			for _, a := range added {
+				isAdded[a] = true
 			}
+			refs = slices.DeleteFunc(refs, func(r any) bool { return isAdded[r.(*nodeState).node.ID] })
 		}
+		b.fanout(refs, kept) // first into the batch: no lookups
 	}
 	if len(added) > 0 {
 		joined := &Change{PeersUpserted: []*Peer{newPeer}}
@@ -522,7 +553,7 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 			joined.DNSUpserted = []DNSRecord{rec}
 		}
 		for _, p := range added {
-			b.share(p, joined)
+			b.share(nw.nodes[p], joined)
 		}
 	}
 	if len(removed) > 0 {
@@ -531,13 +562,13 @@ func (nw *network) upsert(e *Engine, n Node) []*Delta {
 			left.DNSRemoved = []string{oldFQDN}
 		}
 		for _, p := range removed {
-			b.share(p, left)
+			b.share(nw.nodes[p], left)
 		}
 	}
 
 	// The node's own view.
 	if !selfEqual(oldSelf, newSelf) || len(added) > 0 || len(removed) > 0 || dnsChanged {
-		d := b.mut(n.ID)
+		d := b.mut(st)
 		if !selfEqual(oldSelf, newSelf) {
 			d.Self = &newSelf
 		}
@@ -618,7 +649,7 @@ func (e *Engine) RemoveNode(id NetworkID, nodeID string) ([]*Delta, error) {
 		return nil, fmt.Errorf("remove node %s: %w", nodeID, ErrUnknownNode)
 	}
 	attrs := attrsOf(&st.node)
-	peers := nw.pol.Peers(nw.dir, attrs)
+	peers := nw.pol.PeerRefs(nw.dir, attrs)
 	nw.dir.Delete(nodeID)
 	delete(nw.nodes, nodeID)
 	if k := nameKey(st.node.Name); k != "" {
@@ -629,9 +660,7 @@ func (e *Engine) RemoveNode(id NetworkID, nodeID string) ([]*Delta, error) {
 	if f := nw.fqdn(st.node.Name); f != "" {
 		left.DNSRemoved = []string{f}
 	}
-	for _, p := range peers {
-		b.share(p, left)
-	}
+	b.fanout(peers, left)
 	for _, dep := range nw.pol.FilterDependents(nw.dir, &attrs, nil) {
 		b.refreshFilter(nw.nodes[dep])
 	}
@@ -663,13 +692,13 @@ func (e *Engine) SetPolicies(id NetworkID, policies []policy.Policy) ([]*Delta, 
 		var ok bool
 		diffs[i].added, diffs[i].removed, ok = policy.PeerDiffLimit(nw.dir, old, a, c, a, e.maxDeltaPeers)
 		if !ok {
-			b.resync(nid)
+			b.resync(nw.nodes[nid])
 		}
 	}
 	nw.pol = c
 	for i, nid := range affected {
 		if len(diffs[i].added)+len(diffs[i].removed) > 0 {
-			d := b.mut(nid)
+			d := b.mut(nw.nodes[nid])
 			nw.addPeers(d, diffs[i].added)
 			nw.removePeers(d, diffs[i].removed)
 		}
@@ -691,8 +720,8 @@ func (e *Engine) SetRelayMap(id NetworkID, rm RelayMap) []*Delta {
 	nw.relay = cloneRelayMap(&rm)
 	b := nw.newBatch(len(nw.nodes))
 	c := &Change{RelayMap: nw.relay}
-	for nid := range nw.nodes {
-		b.share(nid, c)
+	for _, st := range nw.nodes {
+		b.add(st, c, false)
 	}
 	return b.commit()
 }

@@ -176,6 +176,17 @@ func (c *Compiled) Peers(d *Directory, a NodeAttrs) []string {
 	return d.ids(slots)
 }
 
+// PeerRefs is Peers returning the peers' NodeAttrs.Ref instead of their ids.
+func (c *Compiled) PeerRefs(d *Directory, a NodeAttrs) []any {
+	seen, slots := c.visible(d, &a)
+	d.release(seen)
+	out := make([]any, len(slots))
+	for i, s := range slots {
+		out[i] = d.slots[s].attrs.Ref
+	}
+	return out
+}
+
 // Visible reports whether nodes a and b may exchange traffic (in either direction).
 func (c *Compiled) Visible(a, b NodeAttrs) bool {
 	if c == nil || a.ID == b.ID {

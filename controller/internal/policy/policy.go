@@ -202,6 +202,10 @@ type NodeAttrs struct {
 	Addresses []netip.Addr
 	// Routes are the node's approved subnet routes.
 	Routes []netip.Prefix
+	// Ref is the caller's own handle for the node, opaque to this package and
+	// returned by PeerRefs, so that the caller finds its per-node state without
+	// a lookup by id for every peer of a large fan-out.
+	Ref any
 }
 
 // FilterRule is one inbound packet-filter rule for a node, evaluated at that node

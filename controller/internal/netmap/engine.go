@@ -317,7 +317,7 @@ func cloneNode(n Node) Node {
 
 // batch collects the deltas of one change, one per affected node.
 type batch struct {
-	nw     *network
+	nw   *network
 	srcs *policy.SourceCache
 	// order holds the drafts; index finds them by node id and is built lazily,
 	// so a fan-out to N fresh nodes (a join in an all-to-all network) costs no

@@ -242,6 +242,9 @@ func (ms *mapStream) flush() error {
 		caches []convert.PeerCache
 	)
 	for _, it := range items {
+		if it.Delta.Resync {
+			return ms.sendSnapshot()
+		}
 		if it.Delta.Epoch == epoch && it.Delta.Version <= version {
 			continue // already in what the agent was sent
 		}
@@ -253,7 +256,7 @@ func (ms *mapStream) flush() error {
 	if len(ds) == 0 {
 		return nil
 	}
-	if ds[0].Epoch != epoch || ds[0].Version != version+1 {
+	if ds[0].Epoch != epoch || ds[0].BaseVersion != version {
 		return ms.sendSnapshot()
 	}
 	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)

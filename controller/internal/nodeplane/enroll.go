@@ -314,7 +314,7 @@ func (e *enroller) relay() (enrolled, error) {
 	if err != nil {
 		return enrolled{}, err
 	}
-	r.Status = domain.NodePending
+	r.Status, r.CertExpireTime = domain.RelayPending, chain.Leaf.NotAfter
 	if err := e.tx.UpdateRelay(ctx, r); err != nil {
 		return enrolled{}, fmt.Errorf("bind relay: %w", err)
 	}
@@ -353,7 +353,7 @@ func (e *enroller) vrouter() (enrolled, error) {
 	if err := e.tx.UpdateNode(ctx, n); err != nil {
 		return enrolled{}, fmt.Errorf("record certificate: %w", err)
 	}
-	v.NodeID, v.Status = n.ID, domain.NodePending
+	v.NodeID, v.Status = n.ID, domain.VRouterPending
 	if err := e.tx.UpdateVRouter(ctx, v); err != nil {
 		return enrolled{}, fmt.Errorf("bind vrouter: %w", err)
 	}

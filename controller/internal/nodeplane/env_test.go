@@ -8,11 +8,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,18 +28,27 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store/pgtest"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store/sqlite"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
 
+// cluster is the package's throw-away PostgreSQL (replica tests); nil-safe: without PostgreSQL
+// binaries those tests skip (and fail under CI=true).
+var cluster *pgtest.Cluster
+
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// glog (pulled in by a step-ca dependency) starts its flush daemon in init.
-		goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
-		// database/sql's connection opener of the sqlite driver ends with the store's Close, but
-		// modernc's internal goroutines may lag a moment.
-		goleak.IgnoreAnyFunction("database/sql.(*DB).connectionOpener"),
-	)
+	code := pgtest.Main(m, &cluster)
+	if code == 0 {
+		if err := goleak.Find(
+			// glog (pulled in by a step-ca dependency) starts its flush daemon in init.
+			goleak.IgnoreTopFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+		); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

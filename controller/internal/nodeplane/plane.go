@@ -83,10 +83,6 @@ type Deps struct {
 	// SweepInterval is how often the offline sweeper and the status writer run (0: 1 s).
 	SweepInterval time.Duration
 
-	// PSK resolves a vrouter connection's pre-shared-key reference (VRouterConnection.PSKRef) to the
-	// key; nil sends connections without a key.
-	PSK func(ctx context.Context, tenantID, ref string) (string, error)
-
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -166,7 +162,6 @@ type Plane struct {
 	configMu   sync.Mutex
 	configWake chan struct{} // closed and replaced when relays or vrouters change
 
-	loaded    chan struct{}
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -197,7 +192,6 @@ func New(ctx context.Context, deps Deps) (*Plane, error) {
 		reg:        newRegistry(),
 		streams:    map[*fanout.Sub]*mapStream{},
 		configWake: make(chan struct{}),
-		loaded:     make(chan struct{}),
 		closed:     make(chan struct{}),
 	}
 	p.relays.ttl, p.vrouters.ttl = 5*time.Second, 5*time.Second

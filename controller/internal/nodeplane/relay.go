@@ -100,24 +100,17 @@ func (s relayService) ReportRelayStatus(ctx context.Context, req *connect.Reques
 		addrs = append(addrs, u.Host)
 	}
 	now := p.now().UTC()
-	var drops int64
-	for _, n := range m.GetCounters().GetDrops() {
-		drops += int64(n)
-	}
 	err = p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
 		r, err := tx.GetRelay(ctx, c.ID.ResourceID)
 		if err != nil {
 			return err
 		}
-		r.Addresses = addrs
-		r.STUNAddresses = nil
-		if a := m.GetStunAddress(); a != "" {
-			r.STUNAddresses = []string{a}
-		}
-		r.Status, r.LastSeenTime = domain.NodeOnline, now
+		r.Addresses, r.STUNAddress = addrs, m.GetStunAddress()
+		r.Status, r.LastSeenTime, r.SoftwareVersion = domain.RelayOnline, now, m.GetVersion()
+		c := m.GetCounters()
 		r.Stats = domain.RelayStats{
-			ConnectedClients: int64(m.GetCounters().GetConnectedClients()), BytesForwarded: int64(m.GetCounters().GetBytesForwarded()),
-			PacketsForwarded: int64(m.GetCounters().GetPacketsForwarded()), PacketsDropped: drops, ReportTime: now,
+			ConnectedClients: int32(min(c.GetConnectedClients(), 1<<31-1)), MeshPeers: int32(min(c.GetConnectedMeshPeers(), 1<<31-1)),
+			BytesForwarded: c.GetBytesForwarded(), PacketsForwarded: c.GetPacketsForwarded(), Drops: c.GetDrops(), UpdateTime: now,
 		}
 		return tx.UpdateRelay(ctx, r)
 	})
@@ -127,4 +120,3 @@ func (s relayService) ReportRelayStatus(ctx context.Context, req *connect.Reques
 	p.relays.drop(c.ID.ResourceID)
 	return connect.NewResponse(&relayv1.ReportRelayStatusResponse{ReportInterval: durationpb.New(p.deps.ReportInterval)}), nil
 }
-

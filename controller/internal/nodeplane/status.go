@@ -311,13 +311,13 @@ func (w *statusWriter) sweepOffline(ctx context.Context) error {
 		}
 	}
 	for _, r := range relays {
-		if r.Status == domain.NodeOnline && r.LastSeenTime.Before(cutoff) {
+		if r.Status == domain.RelayOnline && r.LastSeenTime.Before(cutoff) {
 			err := p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
 				cur, err := tx.GetRelay(ctx, r.ID)
-				if err != nil || cur.Status != domain.NodeOnline || !cur.LastSeenTime.Before(cutoff) {
+				if err != nil || cur.Status != domain.RelayOnline || !cur.LastSeenTime.Before(cutoff) {
 					return err
 				}
-				cur.Status = domain.NodeOffline
+				cur.Status = domain.RelayOffline
 				return tx.UpdateRelay(ctx, cur)
 			})
 			if err != nil && !store.IsNotFound(err) {

@@ -44,19 +44,12 @@ func (p *Plane) vrouterConfig(ctx context.Context, id string) (*vrouterv1.WatchV
 		Vrf:     &vrouterv1.Vrf{TableId: vrfTable(v.TenantID), TenantId: v.TenantID},
 	}
 	for _, c := range v.Connections {
-		ic := &vrouterv1.IpsecConnection{Name: c.Name, RemoteAddress: c.RemoteAddress, IkeVersion: vrouterv1.IkeVersion_IKE_VERSION_2}
+		ic := &vrouterv1.IpsecConnection{Name: c.Name, RemoteAddress: c.RemoteAddress, IkeVersion: vrouterv1.IkeVersion_IKE_VERSION_2, PreSharedKey: c.PreSharedKey}
 		for _, s := range c.LocalSubnets {
 			ic.LocalSubnets = append(ic.LocalSubnets, s.String())
 		}
 		for _, s := range c.RemoteSubnets {
 			ic.RemoteSubnets = append(ic.RemoteSubnets, s.String())
-		}
-		if p.deps.PSK != nil && c.PSKRef != "" {
-			psk, err := p.deps.PSK(ctx, v.TenantID, c.PSKRef)
-			if err != nil {
-				return nil, fmt.Errorf("pre-shared key of connection %s: %w", c.Name, err)
-			}
-			ic.PreSharedKey = psk
 		}
 		out.Connections = append(out.Connections, ic)
 	}
@@ -134,14 +127,24 @@ func (s vrouterService) ReportConnectionStatus(ctx context.Context, req *connect
 			if st == "" {
 				st = "unknown"
 			}
-			if v.Connections[i].State != st {
-				v.Connections[i].State, v.Connections[i].StateTime = st, now
+			if v.Connections[i].Status != st {
+				v.Connections[i].Status, v.Connections[i].LastChangeTime = st, now
 				if t := cs.GetLastChangeTime(); t != nil {
-					v.Connections[i].StateTime = t.AsTime().UTC()
+					v.Connections[i].LastChangeTime = t.AsTime().UTC()
 				}
 			}
 		}
-		v.Status, v.LastSeenTime = domain.NodeOnline, now
+		up := 0
+		for _, c := range v.Connections {
+			if c.Status == "up" {
+				up++
+			}
+		}
+		v.Status, v.LastSeenTime = domain.VRouterOnline, now
+		if up < len(v.Connections) {
+			v.Status = domain.VRouterDegraded
+		}
+		v.Stats.ConnectionsTotal, v.Stats.ConnectionsUp, v.Stats.UpdateTime = int32(len(v.Connections)), int32(up), now
 		return tx.UpdateVRouter(ctx, v)
 	})
 	if err != nil {
@@ -149,4 +152,3 @@ func (s vrouterService) ReportConnectionStatus(ctx context.Context, req *connect
 	}
 	return connect.NewResponse(&vrouterv1.ReportConnectionStatusResponse{}), nil
 }
-

@@ -48,6 +48,9 @@ func (c PeerCache) Get(p *netmap.Peer) *nodev1.Peer {
 // Fill converts every peer the deltas list.
 func (c PeerCache) Fill(ds []*netmap.Delta) {
 	for _, d := range ds {
+		if d.Change == nil {
+			continue
+		}
 		for _, p := range d.PeersUpserted {
 			c.Get(p)
 		}
@@ -201,7 +204,7 @@ func Snapshot(s *netmap.Snapshot, nw Network, peer PeerFunc) *nodev1.NetworkMap 
 	return m
 }
 
-// Merge turns a run of consecutive deltas of one node (same epoch, versions v+1..w) into one message
+// Merge turns a run of consecutive deltas of one node (same epoch, each based on the previous) into one message
 // taking the agent from v to w. The result applies exactly like the deltas one by one: a peer removed
 // and re-added is upserted, a peer added and removed is removed, later values of self, filter and relay
 // map win. ok is false when the deltas are not one consecutive run (the caller sends a snapshot).
@@ -219,7 +222,8 @@ func Merge(ds []*netmap.Delta, nw Network, peer PeerFunc) (_ *nodev1.NetworkMapD
 		relay    *netmap.RelayMap
 	)
 	for i, d := range ds {
-		if d.Epoch != first.Epoch || d.Version != first.Version+uint64(i) || d.NodeID != first.NodeID {
+		if d.Resync || d.Change == nil || d.Epoch != first.Epoch || d.NodeID != first.NodeID ||
+			(i > 0 && d.BaseVersion != ds[i-1].Version) || d.Version <= d.BaseVersion {
 			return nil, false
 		}
 		for _, r := range d.PeersRemoved {
@@ -243,7 +247,7 @@ func Merge(ds []*netmap.Delta, nw Network, peer PeerFunc) (_ *nodev1.NetworkMapD
 	last := ds[len(ds)-1]
 	out := &nodev1.NetworkMapDelta{
 		Version:     WireVersion(last.Epoch, last.Version),
-		BaseVersion: WireVersion(first.Epoch, first.Version-1),
+		BaseVersion: WireVersion(first.Epoch, first.BaseVersion),
 	}
 	for _, p := range upserted {
 		out.PeersUpserted = append(out.PeersUpserted, p)

@@ -524,11 +524,14 @@ func (l *Loader) applyCvlan(ctx context.Context, tid, cid string) error {
 		}
 		return nil
 	}
-	resync := l.o.Engine.SetNetworkConfig(id, cfg)
-	if resync == nil && !dnsEqual(old.DNS, nw.DNS) {
-		resync = l.nodesOf(id)
+	ds := l.o.Engine.SetNetworkConfig(id, cfg)
+	if len(ds) > 0 {
+		l.o.Sink.Deliver(ds)
+	} else if !dnsEqual(old.DNS, nw.DNS) {
+		// Split DNS is ours, not the engine's: the same version with other DNS settings needs a
+		// snapshot.
+		l.o.Sink.Resync(l.nodesOf(id))
 	}
-	l.o.Sink.Resync(resync)
 	return nil
 }
 
@@ -882,13 +885,7 @@ func policyOf(p *domain.Policy) policy.Policy {
 func relayMapFor(tid string, relays []*domain.Relay, regions []*domain.Region) netmap.RelayMap {
 	byRegion := map[string]*netmap.RelayRegion{}
 	for _, g := range regions {
-		if g.TenantID == tid || g.TenantID == "" {
-			name := g.DisplayName
-			if name == "" {
-				name = g.Name
-			}
-			byRegion[g.ID] = &netmap.RelayRegion{ID: g.ID, Code: g.Name, Name: name}
-		}
+		byRegion[g.ID] = &netmap.RelayRegion{ID: g.ID, Code: g.Code, Name: g.Name}
 	}
 	for _, r := range relays {
 		if (r.TenantID != tid && r.TenantID != "") || len(r.Addresses) == 0 {
@@ -899,15 +896,15 @@ func relayMapFor(tid string, relays []*domain.Relay, regions []*domain.Region) n
 			reg = &netmap.RelayRegion{ID: r.RegionID}
 			byRegion[r.RegionID] = reg
 		}
-		host, _, err := net.SplitHostPort(r.Addresses[0])
-		if err != nil {
-			host = r.Addresses[0]
+		host := r.Hostname
+		if host == "" {
+			if h, _, err := net.SplitHostPort(r.Addresses[0]); err == nil {
+				host = h
+			} else {
+				host = r.Addresses[0]
+			}
 		}
-		rn := netmap.Relay{ID: r.ID, Hostname: host, URL: "https://" + r.Addresses[0] + "/relay"}
-		if len(r.STUNAddresses) > 0 {
-			rn.STUNAddress = r.STUNAddresses[0]
-		}
-		reg.Relays = append(reg.Relays, rn)
+		reg.Relays = append(reg.Relays, netmap.Relay{ID: r.ID, Hostname: host, URL: "https://" + r.Addresses[0] + "/relay", STUNAddress: r.STUNAddress})
 	}
 	var rm netmap.RelayMap
 	for _, reg := range byRegion {

@@ -55,7 +55,8 @@ type Config struct {
 	// KeepAlive is the interval of KeepAlive frames on idle connections
 	// (jittered by ±20%); default 30 s.
 	KeepAlive time.Duration
-	// ReadBufferSize is each connection's read buffer; default 16 KiB (one TLS record).
+	// ReadBufferSize is each connection's read buffer; default 4 KiB (idle
+	// connections dominate memory; bursts are read straight from TLS records).
 	ReadBufferSize int
 	// RestartReconnectIn and RestartTryFor are sent in Restarting frames on
 	// shutdown; defaults 1 s and 30 s.
@@ -100,7 +101,7 @@ func (c *Config) setDefaults() error {
 		c.KeepAlive = 30 * time.Second
 	}
 	if c.ReadBufferSize <= 0 {
-		c.ReadBufferSize = 16 << 10
+		c.ReadBufferSize = 4 << 10
 	}
 	if c.RestartReconnectIn <= 0 {
 		c.RestartReconnectIn = time.Second

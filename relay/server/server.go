@@ -274,7 +274,10 @@ func (s *Server) serveRelay(w http.ResponseWriter, r *http.Request) {
 		s.finish(c)
 		return
 	}
-	c.run()
+	// A fresh goroutine, so that the HTTP server's goroutine (with the
+	// stack grown by the TLS handshake, and its buffers) ends here: an idle
+	// connection then costs only what it needs.
+	go c.run()
 }
 
 // admit registers c if the admission limit allows it.

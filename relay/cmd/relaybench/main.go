@@ -271,7 +271,9 @@ func orchestrate(o opts) error {
 			return fmt.Errorf("pipe throughput: %w", err)
 		}
 	}
-	fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process:   %9.0f packets/s  %6.2f Gbit/s\n", pipe.pps(), pipe.gbps())
+	if on("1") {
+		fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process:   %9.0f packets/s  %6.2f Gbit/s\n", pipe.pps(), pipe.gbps())
+	}
 
 	relay, err := spawn(o, "relay")
 	if err != nil {
@@ -279,64 +281,59 @@ func orchestrate(o opts) error {
 	}
 	defer relay.stop()
 	url := "https://" + relay.addr + frame.Path
-	var one result
-	relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
 	if on("2") {
-		one, err = pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
+		relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
+		one, err := pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
 		if err != nil {
 			return fmt.Errorf("relay throughput: %w", err)
 		}
+		fmt.Printf("[2] through cvlan-relay (sender -> relay process -> receiver): %9.0f packets/s  %6.2f Gbit/s  (receiver-side drops %d)\n",
+			one.pps(), one.gbps(), one.Dropped)
+		fmt.Printf("    CPU seconds in the phase: pipe sender %.1f receiver %.1f | relay path: sender %.1f relay %.1f receiver %.1f\n",
+			pipe.TxCPU, pipe.RxCPU, one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU)
+		if on("1") {
+			fmt.Printf("    ratio relay/pipe: %.2f  (target >= 0.40; Tailscale derper BenchmarkSendRecv, no TLS: ~395,000 packets/s)\n", one.pps()/pipe.pps())
+		}
 	}
-	fmt.Printf("[2] through cvlan-relay (sender -> relay process -> receiver): %9.0f packets/s  %6.2f Gbit/s  (receiver-side drops %d)\n",
-		one.pps(), one.gbps(), one.Dropped)
-	fmt.Printf("    CPU seconds over the whole phase: pipe sender %.1f receiver %.1f | relay: sender %.1f relay %.1f receiver %.1f\n",
-		pipe.TxCPU, pipe.RxCPU, one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU)
-	fmt.Printf("    ratio relay/pipe: %.2f  (target >= 0.40; Tailscale derper BenchmarkSendRecv, no TLS: ~395,000 packets/s)\n", one.pps()/pipe.pps())
 
-	if !on("3") {
-		o.rtts = 0
-	}
-	var pl, rl result
 	if on("3") {
-		pl, err = pair(o, "pipe-echo", "pipe-ping", "")
+		pl, err := pair(o, "pipe-echo", "pipe-ping", "")
 		if err != nil {
 			return fmt.Errorf("pipe latency: %w", err)
 		}
-		rl, err = pair(o, "relay-echo", "relay-ping", url, "-base", "10")
+		rl, err := pair(o, "relay-echo", "relay-ping", url, "-base", "10")
 		if err != nil {
 			return fmt.Errorf("relay latency: %w", err)
 		}
+		fmt.Printf("[3] round trip, %d pings of %d bytes: pipe p50 %.0f us p99 %.0f us | relay p50 %.0f us p99 %.0f us | added by relay p50 %.0f us p99 %.0f us\n",
+			o.rtts, o.size, pct(pl.RTTs, .5), pct(pl.RTTs, .99), pct(rl.RTTs, .5), pct(rl.RTTs, .99),
+			pct(rl.RTTs, .5)-pct(pl.RTTs, .5), pct(rl.RTTs, .99)-pct(pl.RTTs, .99))
 	}
-	fmt.Printf("[3] round trip, %d pings of %d bytes: pipe p50 %.0f us p99 %.0f us | relay p50 %.0f us p99 %.0f us | added by relay p50 %.0f us p99 %.0f us\n",
-		o.rtts, o.size, pct(pl.RTTs, .5), pct(pl.RTTs, .99), pct(rl.RTTs, .5), pct(rl.RTTs, .99),
-		pct(rl.RTTs, .5)-pct(pl.RTTs, .5), pct(rl.RTTs, .99)-pct(pl.RTTs, .99))
 
-	before, err := rssKiB(relay.cmd.Process.Pid)
-	if err != nil {
-		return err
+	if on("4") {
+		before, err := rssKiB(relay.cmd.Process.Pid)
+		if err != nil {
+			return err
+		}
+		idle, err := spawn(o, "idle", "-addr", url, "-idle", strconv.Itoa(o.idle))
+		if err != nil {
+			return fmt.Errorf("idle clients: %w", err)
+		}
+		time.Sleep(time.Second)
+		after, _ := rssKiB(relay.cmd.Process.Pid)
+		idle.stop()
+		fmt.Printf("[4] %d idle client connections (client process separate): relay RSS %d KiB -> %d KiB, %.1f KiB per connection\n",
+			o.idle, before, after, float64(after-before)/float64(o.idle))
 	}
-	if !on("4") {
-		o.idle = 1
-	}
-	idle, err := spawn(o, "idle", "-addr", url, "-idle", strconv.Itoa(o.idle))
-	if err != nil {
-		return fmt.Errorf("idle clients: %w", err)
-	}
-	time.Sleep(time.Second)
-	after, _ := rssKiB(relay.cmd.Process.Pid)
-	idle.stop()
-	fmt.Printf("[4] %d idle client connections: relay RSS %d KiB -> %d KiB, %.1f KiB per connection\n",
-		o.idle, before, after, float64(after-before)/float64(o.idle))
 
-	var many result
 	if on("5") {
-		many, err = pair(o, "relay-recv", "relay-send", url, "-pairs", strconv.Itoa(o.pairs), "-base", "100000")
+		many, err := pair(o, "relay-recv", "relay-send", url, "-pairs", strconv.Itoa(o.pairs), "-base", "100000")
 		if err != nil {
 			return fmt.Errorf("many pairs: %w", err)
 		}
+		fmt.Printf("[5] %d concurrent pairs through the relay (all senders in one process, all receivers in another): %9.0f packets/s  %6.2f Gbit/s\n",
+			o.pairs, many.pps(), many.gbps())
 	}
-	fmt.Printf("[5] %d concurrent pairs through the relay (all senders in one process, all receivers in another): %9.0f packets/s  %6.2f Gbit/s\n",
-		o.pairs, many.pps(), many.gbps())
 	fmt.Printf("\ntotal run time %v, load average at end: %s\n", time.Since(start).Round(time.Millisecond), loadAvg())
 	return nil
 }

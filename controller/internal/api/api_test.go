@@ -323,6 +323,10 @@ func TestTenantIsolation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			shared, err := e.clients(e.admin, false).relay.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{Shared: true, Relay: &v1.Relay{Name: "shared", RegionId: rg.Msg.GetRegion().GetId()}}))
+			if err != nil {
+				t.Fatal(err)
+			}
 			for _, name := range []string{"red", "blue"} {
 				tid := e.newTenant(t, name)
 				tids[name] = tid
@@ -347,6 +351,14 @@ func TestTenantIsolation(t *testing.T) {
 					if listed.tenant != tids[self] {
 						t.Errorf("%s listed a %s of tenant %s", self, listed.kind, listed.tenant)
 					}
+				}
+				// The shared relay is visible to every tenant but changeable by none of them.
+				all, err := c.relay.ListRelays(ctx, connect.NewRequest(&v1.ListRelaysRequest{}))
+				if err != nil || len(all.Msg.GetRelays()) != 2 {
+					t.Errorf("%s lists relays %v %v, want its own and the shared one", self, all, err)
+				}
+				if _, err := c.relay.DeleteRelay(ctx, connect.NewRequest(&v1.DeleteRelayRequest{Id: shared.Msg.GetRelay().GetId()})); code(err) != connect.CodePermissionDenied {
+					t.Errorf("%s deleting the shared relay: %v", self, err)
 				}
 				tl, err := c.tenant.ListTenants(ctx, connect.NewRequest(&v1.ListTenantsRequest{}))
 				if err != nil || len(tl.Msg.GetTenants()) != 1 || tl.Msg.GetTenants()[0].GetId() != tids[self] {
@@ -420,6 +432,11 @@ func seedTenant(t *testing.T, c *clients, regionID string) map[string]string {
 		t.Fatal(err)
 	}
 	out["vrouter"] = v.Msg.GetVrouter().GetId()
+	rl, err := c.relay.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{Relay: &v1.Relay{Name: "own", RegionId: regionID, Addresses: []string{"relay.example.com:443"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["relay"] = rl.Msg.GetRelay().GetId()
 	return out
 }
 
@@ -444,6 +461,8 @@ func getByKind(ctx context.Context, c *clients, kind, id, tenant string) error {
 		_, err = c.key.GetApiKey(ctx, connect.NewRequest(&v1.GetApiKeyRequest{TenantId: tenant, Id: id}))
 	case "discovery_server":
 		_, err = c.disc.GetDiscoveryServer(ctx, connect.NewRequest(&v1.GetDiscoveryServerRequest{TenantId: tenant, Id: id}))
+	case "relay":
+		_, err = c.relay.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tenant, Id: id}))
 	case "vrouter":
 		_, err = c.vr.GetVRouter(ctx, connect.NewRequest(&v1.GetVRouterRequest{TenantId: tenant, Id: id}))
 	default:
@@ -541,6 +560,13 @@ func listAll(t *testing.T, c *clients) []listed {
 		ts = append(ts, x.GetTenantId())
 	}
 	add("vrouter", ts...)
+	rl, err := c.relay.ListRelays(ctx, connect.NewRequest(&v1.ListRelaysRequest{Shared: new(bool)}))
+	must(err)
+	ts = nil
+	for _, x := range rl.Msg.GetRelays() {
+		ts = append(ts, x.GetTenantId())
+	}
+	add("relay", ts...)
 	return out
 }
 

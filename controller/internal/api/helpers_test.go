@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 
 	"context"
+	"log/slog"
 	"golang.org/x/crypto/curve25519"
 	"net/http"
 	"net/http/httptest"
@@ -19,16 +20,27 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/auth"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store/postgres"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store/sqlite"
 )
 
 // storeKinds are the store implementations every store-backed test runs against.
-// PostgreSQL joins once store/postgres exists (see the report).
-var storeKinds = []string{"sqlite"}
+var storeKinds = []string{"sqlite", "postgres"}
+
+var quiet = slog.New(slog.DiscardHandler)
 
 func openStore(t testing.TB, kind string) store.Store {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "cvlan.db")})
+	if kind == "postgres" {
+		d := pgCluster.NewDatabase(t)
+		st, err := postgres.Open(context.Background(), postgres.Config{DSN: d.App, MigrationDSN: d.Owner, Logger: quiet})
+		if err != nil {
+			t.Fatalf("open postgres store: %v", err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return st
+	}
+	st, err := sqlite.Open(context.Background(), sqlite.Config{Path: filepath.Join(t.TempDir(), "cvlan.db"), Logger: quiet})
 	if err != nil {
 		t.Fatalf("open %s store: %v", kind, err)
 	}
@@ -74,10 +86,10 @@ func newEnvWith(t testing.TB, st store.Store, deps *Deps, opts ...Option) *env {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	d := Deps{Store: st}
+	d := Deps{Store: st, Logger: quiet}
 	if deps != nil {
 		d = *deps
-		d.Store = st
+		d.Store, d.Logger = st, quiet
 	}
 	a, err := Mount(mux, d, opts...)
 	if err != nil {
@@ -204,7 +216,7 @@ func code(err error) connect.Code {
 
 func openStoreAt(t testing.TB, path string) store.Store {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), sqlite.Config{Path: path})
+	st, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,10 +228,10 @@ func openStoreAt(t testing.TB, path string) store.Store {
 func newEnvFrom(t testing.TB, st store.Store, prev *env, deps *Deps, opts ...Option) *env {
 	t.Helper()
 	mux := http.NewServeMux()
-	d := Deps{Store: st}
+	d := Deps{Store: st, Logger: quiet}
 	if deps != nil {
 		d = *deps
-		d.Store = st
+		d.Store, d.Logger = st, quiet
 	}
 	a, err := Mount(mux, d, opts...)
 	if err != nil {

@@ -4,8 +4,8 @@ import (
 	"encoding/base64"
 
 	"context"
-	"log/slog"
 	"golang.org/x/crypto/curve25519"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"

@@ -262,6 +262,9 @@ type Tx interface {
 	// when the cvlan's pool or the tenant's MaxNodes is used up. Allocation is serialised per
 	// cvlan, so concurrent creators (also other processes) never share an address.
 	CreateNode(ctx context.Context, v *domain.Node) error
+	// CreateNodes creates nodes of one tenant and cvlan like CreateNode, allocating their
+	// addresses in one pass and inserting them in multi-row statements (bulk import, seeding).
+	CreateNodes(ctx context.Context, vs []*domain.Node) error
 	// UpdateNode keeps CvlanID and the addresses (stable for the node's life).
 	UpdateNode(ctx context.Context, v *domain.Node) error
 	// DeleteNode deletes the node and releases its addresses.

@@ -50,10 +50,12 @@ func Run(t *testing.T, h Harness) {
 		{"IPAMStable", testIPAMStable},
 		{"IPAMExhaustion", testIPAMExhaustion},
 		{"IPAMConcurrent", testIPAMConcurrent},
+		{"CreateNodesBulk", testCreateNodesBulk},
 		{"Capacity", testCapacity},
 		{"DeleteCascade", testDeleteCascade},
 		{"SharedResources", testSharedResources},
 		{"ChangeFeed", testChangeFeed},
+		{"ChangeFeedConcurrent", testChangeFeedConcurrent},
 		{"Watch", testWatch},
 	}
 	for _, tt := range tests {

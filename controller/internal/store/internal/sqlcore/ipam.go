@@ -189,29 +189,49 @@ const allocBatch = 256
 
 // CreateNode implements store.Tx.
 func (tx *Tx) CreateNode(ctx context.Context, v *domain.Node) error {
+	return tx.CreateNodes(ctx, []*domain.Node{v})
+}
+
+// CreateNodes implements store.Tx.
+func (tx *Tx) CreateNodes(ctx context.Context, vs []*domain.Node) error {
 	if err := tx.writable(); err != nil {
 		return err
 	}
-	if v.Name == "" {
-		return fmt.Errorf("%w: node name is required", domain.ErrInvalid)
+	if len(vs) == 0 {
+		return nil
 	}
-	if v.Kind == "" {
-		v.Kind = domain.NodeKindNode
+	var tid string
+	for i, v := range vs {
+		if v.Name == "" {
+			return fmt.Errorf("%w: node name is required", domain.ErrInvalid)
+		}
+		if v.Kind == "" {
+			v.Kind = domain.NodeKindNode
+		}
+		if v.Status == "" {
+			v.Status = domain.NodePending
+		}
+		t, err := nodes.bindTenant(tx, v)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			tid = t
+		}
+		if t != tid || v.CvlanID != vs[0].CvlanID {
+			return fmt.Errorf("%w: CreateNodes takes nodes of one tenant and cvlan", domain.ErrInvalid)
+		}
 	}
-	if v.Status == "" {
-		v.Status = domain.NodePending
-	}
-	tid, err := nodes.bindTenant(tx, v)
-	if err != nil {
-		return err
-	}
+	cvlanID := vs[0].CvlanID
 	if tid == "" {
 		// The node of a shared relay: no tenant, no cvlan, no overlay address.
-		if v.Kind != domain.NodeKindRelay || v.CvlanID != "" {
-			return fmt.Errorf("%w: only the node of a shared relay may have no tenant", domain.ErrInvalid)
+		for _, v := range vs {
+			if v.Kind != domain.NodeKindRelay || v.CvlanID != "" {
+				return fmt.Errorf("%w: only the node of a shared relay may have no tenant", domain.ErrInvalid)
+			}
+			v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
 		}
-		v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
-		return nodes.insert(ctx, tx, v)
+		return nodes.insertMany(ctx, tx, vs)
 	}
 	// Lock order everywhere: tenant row, then cvlan row.
 	t, err := tenants.getBy(ctx, tx, tid, false, eq("id", tid))
@@ -226,43 +246,58 @@ func (tx *Tx) CreateNode(ctx context.Context, v *domain.Node) error {
 		if err != nil {
 			return fmt.Errorf("count nodes: %w", err)
 		}
-		if n >= int64(t.MaxNodes) {
+		if n+int64(len(vs)) > int64(t.MaxNodes) {
 			return fmt.Errorf("tenant %s has %d of %d nodes: %w", tid, n, t.MaxNodes, domain.ErrExhausted)
 		}
 	}
-	if v.CvlanID == "" {
-		if v.Kind != domain.NodeKindRelay {
-			return fmt.Errorf("%w: a %s node needs a cvlan", domain.ErrInvalid, v.Kind)
+	if cvlanID == "" {
+		for _, v := range vs {
+			if v.Kind != domain.NodeKindRelay {
+				return fmt.Errorf("%w: a %s node needs a cvlan", domain.ErrInvalid, v.Kind)
+			}
+			v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
 		}
-		v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
-		return nodes.insert(ctx, tx, v)
+		return nodes.insertMany(ctx, tx, vs)
 	}
-	cv, hint, err := tx.lockCvlan(ctx, tid, v.CvlanID)
+	cv, hint, err := tx.lockCvlan(ctx, tid, cvlanID)
 	if err != nil {
 		return err
 	}
 	first, last := ipam.UsableRange(cv.IPv4CIDR)
-	var idx int64
-	if v.IPv4Address.IsValid() {
-		idx, err = ipam.Index(cv.IPv4CIDR, v.IPv4Address)
+	idxs := make([]int64, len(vs))
+	var auto []int // nodes that need an address
+	for i, v := range vs {
+		if !v.IPv4Address.IsValid() {
+			auto = append(auto, i)
+			continue
+		}
+		idx, err := ipam.Index(cv.IPv4CIDR, v.IPv4Address)
 		if err != nil || idx < first || idx > last || !v.IPv4Address.Is4() {
 			return fmt.Errorf("%w: %s is not a usable address of %s", domain.ErrInvalid, v.IPv4Address, cv.IPv4CIDR)
 		}
-	} else {
-		if idx, err = tx.allocate(ctx, cv, first, last, hint); err != nil {
+		idxs[i] = idx
+	}
+	if len(auto) > 0 {
+		free, err := tx.allocate(ctx, cv, first, last, hint, len(auto))
+		if err != nil {
 			return err
 		}
-		if _, err := tx.exec(ctx, "UPDATE cvlans SET ipv4_next = ? WHERE id = ?", idx+1, cv.ID); err != nil {
+		for k, i := range auto {
+			idxs[i] = free[k]
+		}
+		if _, err := tx.exec(ctx, "UPDATE cvlans SET ipv4_next = ? WHERE id = ?", free[len(free)-1]+1, cv.ID); err != nil {
 			return fmt.Errorf("advance allocator: %w", err)
 		}
 	}
-	if v.IPv4Address, err = ipam.Nth(cv.IPv4CIDR, idx); err != nil {
-		return err
+	for i, v := range vs {
+		if v.IPv4Address, err = ipam.Nth(cv.IPv4CIDR, idxs[i]); err != nil {
+			return err
+		}
+		if v.IPv6Address, err = ipam.Nth(cv.IPv6CIDR, idxs[i]); err != nil {
+			return err
+		}
 	}
-	if v.IPv6Address, err = ipam.Nth(cv.IPv6CIDR, idx); err != nil {
-		return err
-	}
-	return nodes.insert(ctx, tx, v)
+	return nodes.insertMany(ctx, tx, vs)
 }
 
 // lockCvlan reads the cvlan and its allocator hint, locking the row (PostgreSQL; SQLite has one
@@ -297,41 +332,54 @@ func (tx *Tx) lockCvlan(ctx context.Context, tenantID, id string) (*domain.Cvlan
 	return cv, hint, rows.Err()
 }
 
-// allocate finds the first free usable index at or after hint, wrapping around once, so that
-// addresses of deleted nodes are reused only after the rest of the pool (fewer stale references
-// to a recycled address). It reads taken addresses in batches along the (cvlan_id, ipv4) index.
-func (tx *Tx) allocate(ctx context.Context, cv *domain.Cvlan, first, last, hint int64) (int64, error) {
+// allocate finds n free usable indices, the first at or after hint, wrapping around once, so
+// that addresses of deleted nodes are reused only after the rest of the pool (fewer stale
+// references to a recycled address). It reads taken addresses in batches along the
+// (cvlan_id, ipv4) index.
+func (tx *Tx) allocate(ctx context.Context, cv *domain.Cvlan, first, last, hint int64, n int) ([]int64, error) {
 	base := addrValue(cv.IPv4CIDR.Addr()).(int64)
 	start := hint
 	if start < first || start > last {
 		start = first
 	}
-	scan := func(from, to int64) (int64, bool, error) {
+	out := make([]int64, 0, n)
+	// scan appends free indices of [from, to] until out holds n.
+	scan := func(from, to int64) error {
 		cur := from
-		for cur <= to {
+		for cur <= to && len(out) < n {
 			taken, err := tx.takenAddrs(ctx, cv.ID, base+cur, base+to)
 			if err != nil {
-				return 0, false, err
+				return err
 			}
 			for _, a := range taken {
-				if a-base != cur {
-					return cur, true, nil
+				for ; cur < a-base && len(out) < n; cur++ {
+					out = append(out, cur)
 				}
-				cur++
+				if len(out) == n {
+					return nil
+				}
+				cur = a - base + 1
 			}
 			if len(taken) < allocBatch {
-				return cur, cur <= to, nil
+				for ; cur <= to && len(out) < n; cur++ {
+					out = append(out, cur)
+				}
 			}
 		}
-		return 0, false, nil
+		return nil
 	}
-	if idx, ok, err := scan(start, last); err != nil || ok {
-		return idx, err
+	if err := scan(start, last); err != nil {
+		return nil, err
 	}
-	if idx, ok, err := scan(first, start-1); err != nil || ok {
-		return idx, err
+	if len(out) < n {
+		if err := scan(first, start-1); err != nil {
+			return nil, err
+		}
 	}
-	return 0, fmt.Errorf("cvlan %s: all %d addresses of %s are in use: %w", cv.ID, ipam.Usable(cv.IPv4CIDR), cv.IPv4CIDR, domain.ErrExhausted)
+	if len(out) < n {
+		return nil, fmt.Errorf("cvlan %s: not enough free addresses in %s (%d usable): %w", cv.ID, cv.IPv4CIDR, ipam.Usable(cv.IPv4CIDR), domain.ErrExhausted)
+	}
+	return out, nil
 }
 
 func (tx *Tx) takenAddrs(ctx context.Context, cvlanID string, from, to int64) ([]int64, error) {

@@ -228,35 +228,58 @@ func (t *table[T, P]) bindTenant(tx *Tx, p P) (string, error) {
 }
 
 func (t *table[T, P]) insert(ctx context.Context, tx *Tx, p P) error {
+	return t.insertMany(ctx, tx, []P{p})
+}
+
+// insertRows is how many rows one multi-row INSERT carries (well under both databases'
+// parameter limits).
+const insertRows = 500
+
+// insertMany inserts ps with multi-row INSERT statements.
+func (t *table[T, P]) insertMany(ctx context.Context, tx *Tx, ps []P) error {
 	if err := tx.writable(); err != nil {
 		return err
 	}
-	m := p.GetMeta()
-	now := tx.Now()
-	m.ID, m.CreateTime, m.UpdateTime, m.Version = NewID(), now, now, 1
-	tid, err := t.bindTenant(tx, p)
-	if err != nil {
-		return err
-	}
-	data, err := json.Marshal(p)
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", t.kind, err)
-	}
 	cols := []string{"id", "version", "create_time", "update_time", "data"}
-	args := []any{m.ID, m.Version, micros(m.CreateTime), micros(m.UpdateTime), string(data)}
 	if t.tenant != nil {
 		cols = append(cols, "tenant_id")
-		args = append(args, nullable(tid))
 	}
 	cols = append(cols, t.cols...)
-	args = append(args, t.vals(p)...)
-	q := "INSERT INTO " + t.name + " (" + strings.Join(cols, ", ") + ") VALUES (" +
-		strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
-	if _, err := tx.exec(ctx, q, args...); err != nil {
-		return tx.classify(err, "create "+t.kind)
-	}
-	if t.feed {
-		tx.record(tid, t.kind, m.ID, domain.OpCreate, m.Version)
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
+	for len(ps) > 0 {
+		chunk := ps[:min(len(ps), insertRows)]
+		ps = ps[len(chunk):]
+		args := make([]any, 0, len(chunk)*len(cols))
+		tids := make([]string, len(chunk))
+		for i, p := range chunk {
+			m := p.GetMeta()
+			now := tx.Now()
+			m.ID, m.CreateTime, m.UpdateTime, m.Version = NewID(), now, now, 1
+			tid, err := t.bindTenant(tx, p)
+			if err != nil {
+				return err
+			}
+			tids[i] = tid
+			data, err := json.Marshal(p)
+			if err != nil {
+				return fmt.Errorf("encode %s: %w", t.kind, err)
+			}
+			args = append(args, m.ID, m.Version, micros(m.CreateTime), micros(m.UpdateTime), string(data))
+			if t.tenant != nil {
+				args = append(args, nullable(tid))
+			}
+			args = append(args, t.vals(p)...)
+		}
+		q := "INSERT INTO " + t.name + " (" + strings.Join(cols, ", ") + ") VALUES " +
+			strings.TrimSuffix(strings.Repeat(row+", ", len(chunk)), ", ")
+		if _, err := tx.exec(ctx, q, args...); err != nil {
+			return tx.classify(err, "create "+t.kind)
+		}
+		if t.feed {
+			for i, p := range chunk {
+				tx.record(tids[i], t.kind, p.GetMeta().ID, domain.OpCreate, 1)
+			}
+		}
 	}
 	return nil
 }

@@ -50,6 +50,7 @@ type opts struct {
 	rtts    int
 	base    int
 	phases  string
+	rounds  int
 }
 
 func main() {
@@ -59,7 +60,8 @@ func main() {
 	flag.StringVar(&o.addr, "addr", "", "internal: address or URL to reach")
 	flag.IntVar(&o.size, "size", 1400, "packet size in bytes")
 	flag.DurationVar(&o.warm, "warm", 500*time.Millisecond, "warm-up before each throughput measurement")
-	flag.DurationVar(&o.measure, "measure", 4*time.Second, "length of each throughput measurement")
+	flag.DurationVar(&o.measure, "measure", 2*time.Second, "length of each throughput measurement")
+	flag.IntVar(&o.rounds, "rounds", 3, "alternating pipe/relay measurements")
 	flag.IntVar(&o.pairs, "pairs", 100, "concurrent pairs in the many-pairs phase")
 	flag.IntVar(&o.idle, "idle", 2000, "idle client connections for the memory phase")
 	flag.IntVar(&o.rtts, "rtts", 2000, "round trips per latency measurement")
@@ -155,6 +157,14 @@ func (p *proc) stop() {
 		_ = p.cmd.Process.Kill()
 		<-done
 	}
+}
+
+func fmtList(v []float64) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = strconv.FormatFloat(x, 'f', 2, 64)
+	}
+	return strings.Join(parts, " ")
 }
 
 func loadAvg() string {
@@ -264,35 +274,46 @@ func orchestrate(o opts) error {
 	fmt.Println("processes: orchestrator (idle) | relay (own process) | sender client | receiver client; all TLS 1.3, ECDSA P-256 certificates")
 
 	on := func(p string) bool { return strings.Contains(o.phases, p) }
-	var pipe result
-	if on("1") {
-		pipe, err = pair(o, "pipe-recv", "pipe-send", "")
-		if err != nil {
-			return fmt.Errorf("pipe throughput: %w", err)
-		}
-	}
-	if on("1") {
-		fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process:   %9.0f packets/s  %6.2f Gbit/s\n", pipe.pps(), pipe.gbps())
-	}
-
 	relay, err := spawn(o, "relay")
 	if err != nil {
 		return err
 	}
 	defer relay.stop()
 	url := "https://" + relay.addr + frame.Path
-	if on("2") {
-		relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
-		one, err := pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
-		if err != nil {
-			return fmt.Errorf("relay throughput: %w", err)
+
+	// Phases 1 and 2 alternate for several rounds: load from other work on
+	// the machine changes by the second, and a ratio of neighbouring
+	// measurements (and its median) is steadier than one of distant ones.
+	if on("1") || on("2") {
+		fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process\n[2] through cvlan-relay: sender process -> relay process -> receiver process (one pair)\n")
+		var ratios, pipes, relays []float64
+		for round := 1; round <= o.rounds; round++ {
+			var pipe, one result
+			if on("1") {
+				if pipe, err = pair(o, "pipe-recv", "pipe-send", ""); err != nil {
+					return fmt.Errorf("pipe throughput: %w", err)
+				}
+				pipes = append(pipes, pipe.pps())
+				fmt.Printf("  round %d [1] pipe:  %9.0f packets/s %6.2f Gbit/s   CPU s: sender %.1f receiver %.1f   (load %s)\n",
+					round, pipe.pps(), pipe.gbps(), pipe.TxCPU, pipe.RxCPU, loadAvg())
+			}
+			if on("2") {
+				relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
+				if one, err = pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", strconv.Itoa(round*10)); err != nil {
+					return fmt.Errorf("relay throughput: %w", err)
+				}
+				relays = append(relays, one.pps())
+				fmt.Printf("  round %d [2] relay: %9.0f packets/s %6.2f Gbit/s   CPU s: sender %.1f relay %.1f receiver %.1f   receiver drops %d\n",
+					round, one.pps(), one.gbps(), one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU, one.Dropped)
+			}
+			if on("1") && on("2") {
+				ratios = append(ratios, one.pps()/pipe.pps())
+			}
 		}
-		fmt.Printf("[2] through cvlan-relay (sender -> relay process -> receiver): %9.0f packets/s  %6.2f Gbit/s  (receiver-side drops %d)\n",
-			one.pps(), one.gbps(), one.Dropped)
-		fmt.Printf("    CPU seconds in the phase: pipe sender %.1f receiver %.1f | relay path: sender %.1f relay %.1f receiver %.1f\n",
-			pipe.TxCPU, pipe.RxCPU, one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU)
-		if on("1") {
-			fmt.Printf("    ratio relay/pipe: %.2f  (target >= 0.40; Tailscale derper BenchmarkSendRecv, no TLS: ~395,000 packets/s)\n", one.pps()/pipe.pps())
+		if len(ratios) > 0 {
+			fmt.Printf("  median: pipe %.0f packets/s, relay %.0f packets/s (%.2f Gbit/s); ratio relay/pipe per round %s, median %.2f\n",
+				pct(pipes, .5), pct(relays, .5), pct(relays, .5)*float64(o.size)*8/1e9, fmtList(ratios), pct(ratios, .5))
+			fmt.Println("  (target ratio >= 0.40; Tailscale derper BenchmarkSendRecv, in-process, no TLS, 1,000-byte packets: ~395,000 packets/s)")
 		}
 	}
 

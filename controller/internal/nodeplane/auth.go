@@ -194,21 +194,36 @@ func (p *Plane) extended(chain []*x509.Certificate) (pki.Peer, error) {
 		return pki.Peer{}, fmt.Errorf("%w: %v", pki.ErrForeignIdentity, err)
 	}
 	until := p.reg.certValidUntil(id.String())
-	if until.IsZero() && id.Kind == identity.KindNode {
-		// Renewed through another replica: the node row has the newest expiry.
-		_ = p.deps.Store.ReadTx(context.Background(), store.AllTenants(), func(tx store.Tx) error {
-			n, err := tx.GetNode(context.Background(), id.ResourceID)
-			if err == nil {
-				until = n.CertExpireTime
-				p.reg.renewed(id.String(), until)
-			}
-			return nil
-		})
+	if until.IsZero() {
+		// Renewed through another replica: the store has the newest expiry.
+		until = p.storedCertExpiry(id)
+		p.reg.renewed(id.String(), until)
 	}
 	if !p.now().Before(until) {
 		return pki.Peer{}, fmt.Errorf("%w: expired %s and not renewed", pki.ErrCertificateExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return pki.Peer{ID: id, WGKey: key, Serial: leaf.SerialNumber.String(), NotAfter: until, Leaf: leaf}, nil
+}
+
+// storedCertExpiry returns the expiry of the newest certificate the store recorded for id (nodes
+// and relays; zero when unknown).
+func (p *Plane) storedCertExpiry(id identity.ID) time.Time {
+	var until time.Time
+	ctx := context.Background()
+	_ = p.deps.Store.ReadTx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		switch id.Kind {
+		case identity.KindNode:
+			if n, err := tx.GetNode(ctx, id.ResourceID); err == nil {
+				until = n.CertExpireTime
+			}
+		case identity.KindRelay:
+			if r, err := tx.GetRelay(ctx, id.ResourceID); err == nil {
+				until = r.CertExpireTime
+			}
+		}
+		return nil
+	})
+	return until
 }
 
 // checkLive refuses revoked identities and fills in the caller's mesh node.

@@ -22,6 +22,7 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/convert"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/fanout"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
@@ -527,6 +528,19 @@ func (s controlService) RenewCertificate(ctx context.Context, req *connect.Reque
 	p.reg.renewed(c.ID.String(), chain.Leaf.NotAfter)
 	if c.NodeID != "" {
 		p.status.certificate(c, chain.Leaf.SerialNumber.String(), chain.Leaf.NotAfter)
+	}
+	if c.ID.Kind == identity.KindRelay {
+		err := p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+			r, err := tx.GetRelay(ctx, c.ID.ResourceID)
+			if err != nil {
+				return err
+			}
+			r.CertExpireTime = chain.Leaf.NotAfter
+			return tx.UpdateRelay(ctx, r)
+		})
+		if err != nil {
+			p.log.WarnContext(ctx, "record relay certificate", "relay", c.ID.ResourceID, "err", err)
+		}
 	}
 	return connect.NewResponse(&nodev1.RenewCertificateResponse{
 		CertificateChainDer: chain.DER(), CertificateExpireTime: timestamppb.New(chain.Leaf.NotAfter),

@@ -14,7 +14,7 @@
 // filter is remembered only as a 64-bit hash. Consequences:
 //
 //   - memory per node is independent of its number of peers (measured ~0.7 KiB
-//     per node after Load, ~3.5 KiB with every node's history full, at 100,000
+//     per node after Load, ~4 KiB with every node's history full, at 100,000
 //     nodes; see BenchmarkJoin and BenchmarkChurnMemory);
 //   - a node join/change/removal costs its old and new peer sets plus the filters
 //     of the nodes whose rules list its addresses: 50 nodes in a network of tag
@@ -50,8 +50,9 @@
 // Each network has a RWMutex: a change holds it for writing while it computes
 // and records its deltas; Snapshot, DeltasSince and Version hold it for reading.
 // Readers therefore never see half a change and wait at most for one change in
-// progress (measured: ~0.3 ms for a join in a selective network, ~3 ms at 10,000
-// and ~110 ms of CPU at 100,000 nodes all-to-all). Networks are independent.
+// progress (measured CPU per join: ~0.2-0.3 ms in a selective network of 10,000
+// or 100,000 nodes; ~1 ms at 10,000 and ~35 ms at 100,000 nodes all-to-all).
+// Networks are independent.
 // Values returned by the Engine (Views, Deltas, Changes, Peers) are shared with
 // its history and must be treated as read-only. The Engine starts no goroutines.
 package netmap

@@ -298,8 +298,12 @@ func byDstOf(c *Compiled) map[Target][]int32 {
 // Filter returns the inbound packet-filter rules for a node with attributes a:
 // one FilterRule per compiled rule whose destinations select the node, in
 // compiled order (denies first). Sources are expanded to the members' addresses
-// (host prefixes), CIDR sources stay prefixes and Any becomes 0.0.0.0/0 and ::/0.
-// Rules with no source or destination left are omitted.
+// (host prefixes; not their subnet routes, as in Tailscale: name a CIDR for
+// those), CIDR sources stay prefixes and Any becomes 0.0.0.0/0 and ::/0.
+// Destinations are the node's addresses for user/group/tag/node targets, its
+// addresses and approved routes for Any, and for a CIDR target its addresses in
+// the prefix and the overlap of its routes with it. Rules with no source or
+// destination left are omitted.
 func (c *Compiled) Filter(d *Directory, a NodeAttrs) []FilterRule {
 	return c.FilterCached(d, a, nil)
 }

@@ -48,6 +48,8 @@ export default defineConfig({
     environment: "jsdom",
     include: ["src/**/*.test.{ts,tsx}"],
     setupFiles: ["src/test/setup.ts"],
+    // Generous limits: CI is a slow 2-core machine that may be busy with Go tests meanwhile.
+    testTimeout: 60_000,
     server: { deps: { inline: [/gen\/ts/] } },
   },
 });

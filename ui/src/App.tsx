@@ -1,12 +1,13 @@
 import type { Transport } from "@connectrpc/connect";
 import { TransportProvider } from "@connectrpc/connect-query";
 import { MutationCache, QueryClient, QueryClientProvider } from "@tanstack/react-query";
-import { useState } from "react";
+import { lazy, Suspense, useState } from "react";
 import { BrowserRouter, Route, Routes } from "react-router";
 import { isUnauthenticated } from "./api/errors";
 import type { KeyStore } from "./api/session";
 import { AuthGate } from "./components/AuthGate";
 import { Layout } from "./components/Layout";
+import { Loading } from "./components/ui";
 import { ApiKeysPage } from "./pages/ApiKeys";
 import { AuditLogPage } from "./pages/AuditLog";
 import { CvlansPage } from "./pages/Cvlans";
@@ -19,8 +20,10 @@ import { NotFoundPage } from "./pages/NotFound";
 import { PoliciesPage, PolicyEditPage } from "./pages/Policies";
 import { RelaysPage } from "./pages/Relays";
 import { TenantsPage } from "./pages/Tenants";
-import { TopologyPage } from "./pages/Topology";
 import { VRoutersPage } from "./pages/VRouters";
+
+// The topology view carries the graph library; load it only when opened.
+const TopologyPage = lazy(() => import("./pages/Topology").then((m) => ({ default: m.TopologyPage })));
 
 /** newQueryClient: no retries on auth failures (the sign-in page takes over), few otherwise. */
 export function newQueryClient(): QueryClient {
@@ -63,7 +66,14 @@ export function App(props: { transport: Transport; keyStore: KeyStore }) {
                 <Route path="/vrouters" element={<VRoutersPage />} />
                 <Route path="/api-keys" element={<ApiKeysPage />} />
                 <Route path="/audit" element={<AuditLogPage />} />
-                <Route path="/topology" element={<TopologyPage />} />
+                <Route
+                  path="/topology"
+                  element={
+                    <Suspense fallback={<Loading label="Loading the topology view…" />}>
+                      <TopologyPage />
+                    </Suspense>
+                  }
+                />
                 <Route path="*" element={<NotFoundPage />} />
               </Routes>
             </Layout>

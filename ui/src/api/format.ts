@@ -56,7 +56,10 @@ export function formatDuration(d: Duration | undefined): string {
   return ms < 1000 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
-/** shortId shows the first block of a UUID, enough to tell ids apart in tables. */
+/**
+ * shortId shows the last 8 hex digits of a UUID: enough to tell ids apart in tables (the first
+ * ones of time-ordered UUIDs are the same for everything created in the same minute).
+ */
 export function shortId(id: string): string {
-  return id ? id.split("-")[0] : "—";
+  return id ? `…${id.replace(/-/g, "").slice(-8)}` : "—";
 }

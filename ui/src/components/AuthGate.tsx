@@ -72,7 +72,7 @@ export function AuthGate(props: { keyStore: KeyStore; transport: Transport; chil
     }
     return (
       <main className="center-page">
-        <ErrorBanner error={whoAmI.error} title="Cannot reach the controller" onRetry={() => void whoAmI.refetch()} />
+        <ErrorBanner error={whoAmI.error} title="Cannot check your session with the controller" onRetry={() => void whoAmI.refetch()} />
       </main>
     );
   }

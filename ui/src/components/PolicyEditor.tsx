@@ -220,10 +220,10 @@ function RuleEditor(props: {
       </div>
       {ruleLevel && <p className="field-error" role="alert">{ruleLevel.join("; ")}</p>}
       <div className="row">
-        <Field label={`Rule ${n} name`} errors={pick(errors, `${base}.name`)}>
+        <Field labelContext={`Rule ${n} `} label="name" errors={pick(errors, `${base}.name`)}>
           {(p) => <input {...p} value={r.name} onChange={(e) => props.onChange({ name: e.target.value })} placeholder="optional" />}
         </Field>
-        <Field label={`Rule ${n} action`} errors={pick(errors, `${base}.action`)}>
+        <Field labelContext={`Rule ${n} `} label="action" errors={pick(errors, `${base}.action`)}>
           {(p) => (
             <select {...p} value={r.action} onChange={(e) => props.onChange({ action: Number(e.target.value) as PolicyAction })}>
               {enumOptions(PolicyActionSchema).map((o) => (
@@ -234,7 +234,7 @@ function RuleEditor(props: {
             </select>
           )}
         </Field>
-        <Field label={`Rule ${n} protocol`} errors={pick(errors, `${base}.protocol`)}>
+        <Field labelContext={`Rule ${n} `} label="protocol" errors={pick(errors, `${base}.protocol`)}>
           {(p) => (
             <select {...p} value={r.protocol} onChange={(e) => props.onChange({ protocol: Number(e.target.value) as Protocol })}>
               {enumOptions(ProtocolSchema).map((o) => (
@@ -246,7 +246,7 @@ function RuleEditor(props: {
           )}
         </Field>
         <Field
-          label={`Rule ${n} ports`}
+          labelContext={`Rule ${n} `} label="ports"
           errors={pick(errors, `${base}.ports`)}
           hint={portsAllowed ? "e.g. 22, 8000-8080; empty means all" : "Only for TCP and UDP"}
         >
@@ -320,7 +320,7 @@ function TargetRow(props: {
   const rowOnly = props.errors?.filter((m) => !props.valueErrors?.includes(m));
   return (
     <div className="target-row">
-      <Field label={`${props.label} type`} className="target-kind" errors={rowOnly?.length ? rowOnly : undefined}>
+      <Field labelContext={`${props.label} `} label="type" className="target-kind" errors={rowOnly?.length ? rowOnly : undefined}>
         {(p) => (
           <select {...p} value={t.kind} onChange={(e) => props.onChange({ kind: e.target.value as TargetKind, value: "" })}>
             {(Object.keys(kindLabels) as TargetKind[]).map((k) => (
@@ -332,7 +332,7 @@ function TargetRow(props: {
         )}
       </Field>
       {t.kind !== "any" && (
-        <Field label={`${props.label} value`} className="target-value" errors={props.valueErrors}>
+        <Field labelContext={`${props.label} `} label="value" className="target-value" errors={props.valueErrors}>
           {(p) => <TargetValue fieldProps={p} target={t} onChange={(value) => props.onChange({ ...t, value })} />}
         </Field>
       )}

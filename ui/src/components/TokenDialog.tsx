@@ -92,7 +92,7 @@ export function TokenDialog(props: { open: boolean; onClose: () => void; origin?
         <Field label="Run on the machine to enroll" hint="Enrolls the machine into the cvlan with this token.">
           {(p) => (
             <div className="copy-row">
-              <input {...p} readOnly value={cmd} className="mono" data-testid="agent-command" onFocus={(e) => e.currentTarget.select()} />
+              <textarea {...p} readOnly value={cmd} className="mono" rows={3} onFocus={(e) => e.currentTarget.select()} />
               <CopyButton text={cmd} label="Copy command" />
             </div>
           )}

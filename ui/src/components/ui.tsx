@@ -88,6 +88,8 @@ export type FieldProps = {
  */
 export function Field(props: {
   label: string;
+  /** Read by screen readers before the label, e.g. "Rule 2 " before "ports" in a repeated form. */
+  labelContext?: string;
   errors?: string[];
   hint?: string;
   className?: string;
@@ -100,7 +102,16 @@ export function Field(props: {
   const describedBy = [props.hint ? hintId : "", hasErr ? errId : ""].filter(Boolean).join(" ");
   return (
     <div className={`field ${hasErr ? "field-invalid" : ""} ${props.className ?? ""}`}>
-      <label htmlFor={id}>{props.label}</label>
+      <label htmlFor={id}>
+        {props.labelContext ? (
+          <>
+            <span className="sr-only">{props.labelContext}</span>
+            <span className="cap">{props.label}</span>
+          </>
+        ) : (
+          props.label
+        )}
+      </label>
       {props.children({ id, "aria-describedby": describedBy || undefined, "aria-invalid": hasErr || undefined })}
       {props.hint && (
         <small id={hintId} className="hint">

@@ -5,7 +5,7 @@ import { useState } from "react";
 import { ActorType, ActorTypeSchema, AuditLogService, ExportFormat } from "../../../gen/ts/cloudvlan/v1/audit_log_pb";
 import { ResourceType, ResourceTypeSchema } from "../../../gen/ts/cloudvlan/v1/common_pb";
 import { errorMessage } from "../api/errors";
-import { enumLabel, enumOptions, formatTime } from "../api/format";
+import { enumLabel, enumOptions, formatTime, shortId } from "../api/format";
 import { Empty, ErrorBanner, Loading, PageHeader } from "../components/ui";
 
 type Filters = { actorType: ActorType; resourceType: ResourceType; action: string; from: string; to: string };
@@ -118,7 +118,12 @@ export function AuditLogPage() {
                   <td>{formatTime(a.eventTime)}</td>
                   <td>{a.actorName || "system"} <span className="muted small">({enumLabel(ActorTypeSchema, a.actorType)})</span></td>
                   <td><code>{a.action}</code></td>
-                  <td>{enumLabel(ResourceTypeSchema, a.resourceType)} <code className="small">{a.resourceId.slice(0, 8)}</code></td>
+                  <td>
+                    {enumLabel(ResourceTypeSchema, a.resourceType)} <strong>{resourceName(a.after ?? a.before)}</strong>{" "}
+                    <code className="small muted" title={a.resourceId}>
+                      {shortId(a.resourceId)}
+                    </code>
+                  </td>
                   <td>
                     <details>
                       <summary>Show</summary>
@@ -144,4 +149,10 @@ export function AuditLogPage() {
       )}
     </>
   );
+}
+
+/** resourceName reads the name recorded in an audit snapshot, when it has one. */
+function resourceName(snapshot: { [k: string]: unknown } | undefined): string {
+  const name = snapshot?.["name"];
+  return typeof name === "string" ? name : "";
 }

@@ -54,7 +54,10 @@ export function DashboardPage() {
         </section>
         <section className="panel" aria-labelledby="recent">
           <h2 id="recent">
-            Recent activity <Link className="small" to="/audit">all</Link>
+            Recent activity{" "}
+            <Link className="small" to="/audit">
+              View all
+            </Link>
           </h2>
           <QueryView query={audit} isEmpty={(d) => d.auditLogs.length === 0} empty="No activity recorded yet.">
             {(d) => (

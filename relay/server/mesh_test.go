@@ -112,3 +112,32 @@ func TestMeshIsOneHop(t *testing.T) {
 	waitFor(t, "r2 drops the second hop", func() bool { return r2.srv.Stats().Drops["mesh_no_route"] == 1 })
 	noPacket(t, zIn, 200*time.Millisecond)
 }
+
+// TestTenantRelay: a tenant's own relay serves only its tenant and learns
+// only its tenant's keys from a shared relay of the region.
+func TestTenantRelay(t *testing.T) {
+	e := newEnv(t)
+	ln1, ln2 := e.listen(), e.listen()
+	u1, u2 := "https://"+ln1.Addr().String()+"/relay", "https://"+ln2.Addr().String()+"/relay"
+	shared := e.startRelay("shared", ln1, meshWith(u2))
+	cert, err := e.ca.Relay("t1", "own")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := e.startRelay("own", ln2, func(c *server.Config) {
+		c.MeshPeers = []string{u1}
+		c.Certificate = server.StaticCertificate{Cert: &cert}
+	})
+	a := e.connect(shared, "t1", "a", wgKey(1))
+	e.connect(shared, "t2", "other", wgKey(2))
+	b := e.connect(own, "t1", "b", wgKey(3))
+	bIn, aIn := recvChan(t, b), recvChan(t, a)
+	sendUntil(t, a, b.key, bIn, []byte("to the tenant relay"))
+	sendUntil(t, b, a.key, aIn, []byte("from the tenant relay"))
+	waitFor(t, "tenant relay learns t1 keys only", func() bool { return own.srv.Stats().RemoteKeys == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := upgrade.Dial(ctx, own.url, e.tlsFor("t2", "intruder", wgKey(4))); err == nil {
+		t.Fatal("tenant relay admitted another tenant's node")
+	}
+}

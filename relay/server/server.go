@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,6 +47,8 @@ type Server struct {
 	rejects  [numRejectReasons]atomic.Uint64
 	connWG   sync.WaitGroup
 	nextConn atomic.Uint64
+	// onlyTenant is set when this is a tenant's own relay.
+	onlyTenant string
 }
 
 // New checks cfg and returns a Server.
@@ -63,6 +66,29 @@ func New(cfg Config) (*Server, error) {
 		conns:    make(map[*conn]struct{}),
 	}
 	s.bwPool.New = func() any { return bufio.NewWriterSize(nil, 16<<10) }
+	cert, err := cfg.Certificate.Certificate()
+	if err != nil {
+		return nil, fmt.Errorf("relay server: certificate: %w", err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil && len(cert.Certificate) > 0 {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("relay server: certificate: %w", err)
+		}
+	}
+	self, err := identity.FromCertificate(leaf, cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("relay server: own certificate: %w", err)
+	}
+	if self.Kind != identity.KindRelay {
+		return nil, fmt.Errorf("relay server: own certificate names a %s, not a relay", self.Kind)
+	}
+	// A tenant's own relay serves that tenant only.
+	s.onlyTenant = self.Tenant
+	if s.cfg.RelayID == "" {
+		s.cfg.RelayID = self.ID
+		s.log = cfg.Logger.With("relay", self.ID)
+	}
 	return s, nil
 }
 
@@ -232,6 +258,14 @@ func (s *Server) serveRelay(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "certificate identity not accepted", http.StatusForbidden)
 		return
 	}
+	// A tenant's relay admits that tenant's nodes, shared relays of the
+	// region and relays of the same tenant.
+	if s.onlyTenant != "" && id.Tenant != s.onlyTenant && (id.IsClient() || id.Tenant != "") {
+		s.reject(RejectUnauthenticated)
+		s.log.Info("refused client of another tenant", "remote", r.RemoteAddr, "tenant", id.Tenant)
+		http.Error(w, "this relay serves another tenant", http.StatusForbidden)
+		return
+	}
 	role := roleClient
 	if id.Kind == identity.KindRelay {
 		role = roleMeshIn
@@ -288,7 +322,10 @@ func (s *Server) admit(c *conn) error {
 		return errors.New("relay is shutting down")
 	}
 	if c.role == roleClient {
-		if s.clients >= s.cfg.MaxClients {
+		// A reconnecting client replaces its old connection, so it is
+		// admitted even at the limit (its old connection may not have
+		// noticed yet that it is dead).
+		if _, replacing := s.local[c.key]; s.clients >= s.cfg.MaxClients && !replacing {
 			return fmt.Errorf("relay full (%d clients)", s.clients)
 		}
 		s.clients++

@@ -302,3 +302,43 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("forwarded %d + dropped %d != %d sent", got, st.Drops["rate_limited"], n)
 	}
 }
+
+func TestIdleClientIsDropped(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay("r1", nil, func(c *server.Config) { c.IdleTimeout = 300 * time.Millisecond })
+	nc, br, err := upgrade.Dial(context.Background(), r.url, e.tlsFor("t1", "quiet", wgKey(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	if _, err := io.Copy(io.Discard, br); err != nil {
+		t.Fatalf("silent client not dropped: %v", err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("dropped after %v, before the idle timeout", d)
+	}
+	waitFor(t, "idle reject counted", func() bool { return r.srv.Stats().Rejects["idle_timeout"] == 1 })
+}
+
+func TestAdmissionAllowsReplacement(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay("r1", nil, func(c *server.Config) { c.MaxClients = 1 })
+	key := wgKey(1)
+	old, br, err := upgrade.Dial(context.Background(), r.url, e.tlsFor("t1", "a", key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if _, _, err := frame.NewReader(br).ReadFrame(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	// Full, but the same key may reconnect (and replaces the old connection).
+	e.connect(r, "t1", "a", key)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, _, err := upgrade.Dial(ctx, r.url, e.tlsFor("t1", "b", wgKey(2))); err == nil {
+		t.Fatal("a different key was admitted past the limit")
+	}
+}

@@ -278,7 +278,7 @@ func TestRateLimit(t *testing.T) {
 	b := e.connect(r, "t1", "b", wgKey(2))
 	bIn := recvChan(t, b)
 	p := bytes.Repeat([]byte{2}, 968) // 1000 bytes with the key
-	const n = 400 // 400 kB offered at once
+	const n = 400                     // 400 kB offered at once
 	for i := 0; i < n; i++ {
 		if err := a.c.Send(b.key, p); err != nil {
 			t.Fatal(err)

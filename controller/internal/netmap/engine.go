@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -266,6 +265,11 @@ func (nw *network) fqdn(name string) string {
 func (nw *network) record(n *Node) (DNSRecord, bool) {
 	f := nw.fqdn(n.Name)
 	return DNSRecord{FQDN: f, Addresses: n.Addresses}, f != ""
+}
+
+// record is the node's DNS record, from the FQDN cached in its peer entry.
+func (st *nodeState) record() (DNSRecord, bool) {
+	return DNSRecord{FQDN: st.peer.FQDN, Addresses: st.node.Addresses}, st.peer.FQDN != ""
 }
 
 func attrsOf(n *Node) policy.NodeAttrs {
@@ -598,7 +602,7 @@ func (nw *network) addPeers(d *Change, ids []string) {
 	for _, id := range ids {
 		ps := nw.nodes[id]
 		d.PeersUpserted = append(d.PeersUpserted, ps.peer)
-		if r, ok := nw.record(&ps.node); ok {
+		if r, ok := ps.record(); ok {
 			d.DNSUpserted = append(d.DNSUpserted, r)
 		}
 	}
@@ -608,7 +612,7 @@ func (nw *network) removePeers(d *Change, ids []string) {
 	for _, id := range ids {
 		ps := nw.nodes[id]
 		d.PeersRemoved = append(d.PeersRemoved, PeerRef{NodeID: id, Key: ps.node.Key})
-		if f := nw.fqdn(ps.node.Name); f != "" {
+		if f := ps.peer.FQDN; f != "" {
 			d.DNSRemoved = append(d.DNSRemoved, f)
 		}
 	}
@@ -757,21 +761,27 @@ func (e *Engine) Snapshot(id NetworkID, nodeID string) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("snapshot of node %s: %w", nodeID, ErrUnknownNode)
 	}
 	attrs := attrsOf(&st.node)
-	ids := nw.pol.Peers(nw.dir, attrs)
-	sort.Strings(ids)
+	refs := nw.pol.PeerRefs(nw.dir, attrs)
+	peers := make([]*nodeState, len(refs))
+	for i, r := range refs {
+		peers[i] = r.(*nodeState)
+	}
+	slices.SortFunc(peers, func(a, b *nodeState) int { return strings.Compare(a.node.ID, b.node.ID) })
 	v := View{
 		Self:         nw.selfOf(&st.node),
-		Peers:        make([]*Peer, 0, len(ids)),
+		Peers:        make([]*Peer, len(peers)),
 		PacketFilter: nw.pol.Filter(nw.dir, attrs),
 		RelayMap:     nw.relay,
+	}
+	if nw.cfg.Domain != "" {
+		v.DNS = make([]DNSRecord, 0, len(peers)+1)
 	}
 	if r, ok := nw.record(&st.node); ok {
 		v.DNS = append(v.DNS, r)
 	}
-	for _, p := range ids {
-		ps := nw.nodes[p]
-		v.Peers = append(v.Peers, ps.peer)
-		if r, ok := nw.record(&ps.node); ok {
+	for i, ps := range peers {
+		v.Peers[i] = ps.peer
+		if r, ok := ps.record(); ok {
 			v.DNS = append(v.DNS, r)
 		}
 	}

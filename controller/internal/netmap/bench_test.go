@@ -123,6 +123,7 @@ func BenchmarkStatus(b *testing.B) {
 			id := benchNode(n/2, groupSize).ID
 			affected := 0
 			b.ResetTimer()
+			c0 := processCPU()
 			for i := range b.N {
 				ds, err := e.SetStatus(net1, id, Status{Online: i%2 == 0})
 				if err != nil {
@@ -130,6 +131,7 @@ func BenchmarkStatus(b *testing.B) {
 				}
 				affected = len(ds)
 			}
+			b.ReportMetric(float64((processCPU()-c0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(float64(affected), "affected")
 		})
 	}
@@ -149,6 +151,7 @@ func BenchmarkPolicyChange(b *testing.B) {
 				Protocol: policy.ProtoTCP, Ports: []policy.PortRange{{First: 443, Last: 443}}}}})
 			affected := 0
 			b.ResetTimer()
+			c0 := processCPU()
 			for i := range b.N {
 				ps := linked
 				if i%2 == 1 {
@@ -160,6 +163,7 @@ func BenchmarkPolicyChange(b *testing.B) {
 				}
 				affected = len(ds)
 			}
+			b.ReportMetric(float64((processCPU()-c0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 			b.ReportMetric(float64(affected), "affected")
 		})
 	}
@@ -181,6 +185,7 @@ func BenchmarkSnapshot(b *testing.B) {
 				id := benchNode(n/2, groupSize).ID
 				peers := 0
 				b.ResetTimer()
+				c0 := processCPU()
 				for range b.N {
 					s, err := e.Snapshot(net1, id)
 					if err != nil {
@@ -188,6 +193,7 @@ func BenchmarkSnapshot(b *testing.B) {
 					}
 					peers = len(s.View.Peers)
 				}
+				b.ReportMetric(float64((processCPU()-c0).Nanoseconds())/float64(b.N), "cpu-ns/op")
 				b.ReportMetric(float64(peers), "peers")
 			})
 		}

@@ -242,7 +242,7 @@ func filters(c *Compiled, d *Directory, nodes []NodeAttrs) map[string]uint64 {
 }
 
 func TestPropertyAgainstReference(t *testing.T) {
-	const rounds, nodeCount = 150, 24
+	const rounds, nodeCount = 100, 24
 	r := rand.New(rand.NewPCG(1, 2))
 	for round := range rounds {
 		nodes := make([]NodeAttrs, nodeCount)

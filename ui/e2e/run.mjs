@@ -123,23 +123,24 @@ class Proc {
   }
 }
 
-/** agentArgs is how the test runs cvlan-agent: the command the console shows, in netstack mode. */
-function agentArgs({ nodeAddr, apiOrigin, token, stateDir, caFile }) {
-  const tmpl = process.env.E2E_AGENT_ARGS;
-  if (tmpl) {
-    return tmpl
-      .split(/\s+/)
-      .filter(Boolean)
-      .map((a) =>
-        a
-          .replaceAll("{node}", nodeAddr)
-          .replaceAll("{api}", apiOrigin)
-          .replaceAll("{token}", token)
-          .replaceAll("{state}", stateDir)
-          .replaceAll("{ca}", caFile),
-      );
-  }
-  return ["up", "--controller", apiOrigin, "--token", token, "--state-dir", stateDir, "--netstack", "--hostname", "e2e-agent"];
+/**
+ * agentArgs is how the test runs cvlan-agent: with the console's token, in netstack mode (no root),
+ * against the controller's node port, trusting the controller's embedded CA. E2E_AGENT_ARGS
+ * replaces it (placeholders {node} {api} {token} {state} {ca} {admin}).
+ */
+function agentArgs({ nodeAddr, apiOrigin, token, stateDir, caFile, adminAddr }) {
+  const fill = (a) =>
+    a
+      .replaceAll("{node}", nodeAddr)
+      .replaceAll("{api}", apiOrigin)
+      .replaceAll("{token}", token)
+      .replaceAll("{state}", stateDir)
+      .replaceAll("{ca}", caFile)
+      .replaceAll("{admin}", adminAddr);
+  const tmpl =
+    process.env.E2E_AGENT_ARGS ??
+    "up --controller https://{node} --controller-ca {ca} --token {token} --state-dir {state} --netstack --name e2e-agent --admin-addr {admin} --log-level debug";
+  return tmpl.split(/\s+/).filter(Boolean).map(fill);
 }
 
 async function main() {
@@ -305,7 +306,14 @@ async function main() {
       const agent = new Proc(
         "cvlan-agent",
         path.join(binDir, "cvlan-agent"),
-        agentArgs({ nodeAddr, apiOrigin, token: secret, stateDir: path.join(tmp, "agent"), caFile: path.join(tmp, "controller", "ca.crt") }),
+        agentArgs({
+          nodeAddr,
+          apiOrigin,
+          token: secret,
+          stateDir: path.join(tmp, "agent"),
+          caFile: path.join(tmp, "controller", "ca", "root_ca.crt"),
+          adminAddr: `127.0.0.1:${await freePort()}`,
+        }),
       );
       procs.push(agent);
       const row = page.locator("tr", { hasText: "online" });

@@ -235,7 +235,7 @@ func pair(o opts, recvRole, sendRole, target string, extra ...string) (result, e
 		tx.stop()
 		return r, err
 	}
-	if sendRole == "pipe-send" || sendRole == "relay-send" {
+	if sendRole == "pipe-send" || sendRole == "relay-send" || sendRole == "raw-send" {
 		// The receiver has measured; stop the sender so that it does not
 		// load the machine during the next phase.
 		_ = tx.cmd.Process.Signal(os.Interrupt)
@@ -285,7 +285,8 @@ func orchestrate(o opts) error {
 	// the machine changes by the second, and a ratio of neighbouring
 	// measurements (and its median) is steadier than one of distant ones.
 	if on("1") || on("2") {
-		fmt.Printf("\n[1] plain TLS 1.3 pipe, sender process -> receiver process\n[2] through cvlan-relay: sender process -> relay process -> receiver process (one pair)\n")
+		fmt.Printf("\n[1] plain TLS 1.3 pipe: sender process -> receiver process\n" +
+			"[2] the same two endpoint programs through cvlan-relay: sender process -> relay process -> receiver process\n")
 		var ratios, pipes, relays []float64
 		for round := 1; round <= o.rounds; round++ {
 			var pipe, one result
@@ -299,12 +300,12 @@ func orchestrate(o opts) error {
 			}
 			if on("2") {
 				relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
-				if one, err = pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", strconv.Itoa(round*10)); err != nil {
+				if one, err = pair(o, "raw-recv", "raw-send", url, "-base", strconv.Itoa(round*10)); err != nil {
 					return fmt.Errorf("relay throughput: %w", err)
 				}
 				relays = append(relays, one.pps())
-				fmt.Printf("  round %d [2] relay: %9.0f packets/s %6.2f Gbit/s   CPU s: sender %.1f relay %.1f receiver %.1f   receiver drops %d\n",
-					round, one.pps(), one.gbps(), one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU, one.Dropped)
+				fmt.Printf("  round %d [2] relay: %9.0f packets/s %6.2f Gbit/s   CPU s: sender %.1f relay %.1f receiver %.1f\n",
+					round, one.pps(), one.gbps(), one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU)
 			}
 			if on("1") && on("2") {
 				ratios = append(ratios, one.pps()/pipe.pps())
@@ -315,6 +316,16 @@ func orchestrate(o opts) error {
 				pct(pipes, .5), pct(relays, .5), pct(relays, .5)*float64(o.size)*8/1e9, fmtList(ratios), pct(ratios, .5))
 			fmt.Println("  (target ratio >= 0.40; Tailscale derper BenchmarkSendRecv, in-process, no TLS, 1,000-byte packets: ~395,000 packets/s)")
 		}
+	}
+	if on("2") {
+		relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
+		one, err := pair(o, "relay-recv", "relay-send", url, "-pairs", "1", "-base", "0")
+		if err != nil {
+			return fmt.Errorf("relay throughput (client package): %w", err)
+		}
+		fmt.Printf("[2b] the same through the relay/client package (queues, reconnect, Recv/Send as the agent uses them): %9.0f packets/s %6.2f Gbit/s\n"+
+			"     CPU s: sender %.1f relay %.1f receiver %.1f; receiver queue drops %d\n",
+			one.pps(), one.gbps(), one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU, one.Dropped)
 	}
 
 	if on("3") {
@@ -384,6 +395,8 @@ func child(o opts) error {
 		return pipeClient(o, ca)
 	case "relay-recv", "relay-send", "relay-echo", "relay-ping":
 		return relayRole(o, ca)
+	case "raw-recv", "raw-send":
+		return rawRole(o, ca)
 	case "idle":
 		return idleClients(o, ca)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/cloudvlan/cloudvlan/relay/client"
 	"github.com/cloudvlan/cloudvlan/relay/frame"
 	"github.com/cloudvlan/cloudvlan/relay/internal/testpki"
+	"github.com/cloudvlan/cloudvlan/relay/internal/upgrade"
 )
 
 func signalContext() (context.Context, context.CancelFunc) {
@@ -349,5 +350,75 @@ func idleClients(o opts, ca *testpki.CA) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 	<-ctx.Done()
+	return nil
+}
+
+// rawRole speaks the relay protocol directly, with exactly the loops of the
+// pipe endpoints (one goroutine, 16 KiB buffers), so that the only
+// difference between the pipe and relay measurements is the relay.
+func rawRole(o opts, ca *testpki.CA) error {
+	idx := o.base
+	if o.role == "raw-recv" {
+		idx = o.base + 1
+	}
+	cfg, _, err := nodeTLS(ca, idx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	nc, br, err := upgrade.Dial(ctx, o.addr, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	fr := frame.NewReader(br)
+	buf := make([]byte, frame.MaxPayload)
+	if _, _, err := fr.ReadFrame(buf); err != nil { // ServerHello
+		return err
+	}
+	fmt.Println("READY")
+	if o.role == "raw-recv" {
+		var m meter
+		go func() {
+			for {
+				typ, p, err := fr.ReadFrame(buf)
+				if err != nil {
+					return
+				}
+				if typ == frame.TypeRecvPacket {
+					m.add(1, len(p)-frame.KeyLen)
+				}
+			}
+		}()
+		r, err := m.run(o)
+		if err != nil {
+			return err
+		}
+		printJSON(r)
+		return nil
+	}
+	sctx, scancel := signalContext()
+	defer scancel()
+	go func() { // drain keepalives and the like
+		for {
+			if _, _, err := fr.ReadFrame(buf); err != nil {
+				return
+			}
+		}
+	}()
+	fw := frame.NewWriter(bufio.NewWriterSize(nc, 16<<10))
+	pkt := make([]byte, o.size)
+	dst := keyOf(o.base + 1)
+	end := time.Now().Add(sendFor(o))
+	for i := 0; ; i++ {
+		if i%1024 == 0 && (time.Now().After(end) || sctx.Err() != nil) {
+			break
+		}
+		if err := fw.WriteKeyPacket(frame.TypeSendPacket, dst, pkt); err != nil {
+			break
+		}
+	}
+	printJSON(result{})
 	return nil
 }

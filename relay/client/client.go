@@ -271,6 +271,22 @@ func (c *Client) Send(dst Key, pkt []byte) error {
 	return nil
 }
 
+// SendWait is Send with backpressure: while the send queue is full it waits
+// (until ctx is done) instead of dropping the oldest packet, like a
+// blocking socket.
+func (c *Client) SendWait(ctx context.Context, dst Key, pkt []byte) error {
+	for c.sendQ.Full() {
+		select {
+		case <-c.sendQ.Space():
+		case <-ctx.Done():
+			return fmt.Errorf("relay send: %w", ctx.Err())
+		case <-c.done:
+			return ErrClosed
+		}
+	}
+	return c.Send(dst, pkt)
+}
+
 // Recv blocks until a packet arrives, copies it into buf and returns its
 // sender and length. A packet longer than buf is truncated to len(buf).
 // Recv may be called from several goroutines.

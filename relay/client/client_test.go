@@ -212,6 +212,14 @@ func TestSendDropsOldestWhenDisconnected(t *testing.T) {
 	if st := c.Stats(); st.SendDrops != 12 || c.Pending() != 8 {
 		t.Fatalf("drops %d pending %d", st.SendDrops, c.Pending())
 	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer wcancel()
+	if err := c.SendWait(wctx, client.Key{6}, []byte{99}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("SendWait on a full queue: %v", err)
+	}
+	if st := c.Stats(); st.SendDrops != 12 {
+		t.Fatalf("SendWait dropped: %d", st.SendDrops)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	if err := c.WaitConnected(ctx); err == nil || c.Stats().ConnectFailures == 0 {

@@ -110,11 +110,17 @@ func (tx *Tx) FlushChanges(ctx context.Context) error {
 			return fmt.Errorf("lock change feed: %w", err)
 		}
 	}
-	for _, c := range tx.changes {
-		_, err := tx.exec(ctx, `INSERT INTO change_events (tenant_id, resource_type, resource_id, op, version, time)
-			VALUES (?, ?, ?, ?, ?, ?)`, nullable(c.TenantID), c.ResourceType, c.ResourceID, string(c.Op), c.Version, micros(c.Time))
-		if err != nil {
-			return fmt.Errorf("append change event: %w", err)
+	for rest := tx.changes; len(rest) > 0; {
+		chunk := rest[:min(len(rest), insertRows)]
+		rest = rest[len(chunk):]
+		args := make([]any, 0, 6*len(chunk))
+		for _, c := range chunk {
+			args = append(args, nullable(c.TenantID), c.ResourceType, c.ResourceID, string(c.Op), c.Version, micros(c.Time))
+		}
+		q := "INSERT INTO change_events (tenant_id, resource_type, resource_id, op, version, time) VALUES " +
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", len(chunk)), ", ")
+		if _, err := tx.exec(ctx, q, args...); err != nil {
+			return fmt.Errorf("append change events: %w", err)
 		}
 	}
 	if tx.d.AfterChanges != "" {

@@ -182,7 +182,9 @@ func (t *table[T, P]) list(ctx context.Context, tx *Tx, conds []cond, o store.Li
 	}
 	if tok != nil {
 		if t.byName {
-			conds = append(conds, cond{"name > ? OR (name = ? AND id > ?)", []any{tok.Name, tok.Name, tok.ID}})
+			// "name >= ?" first gives both databases an index range start on (.., name, id);
+			// the OR alone makes SQLite scan from the beginning.
+			conds = append(conds, cond{"name >= ? AND (name > ? OR id > ?)", []any{tok.Name, tok.Name, tok.ID}})
 		} else {
 			conds = append(conds, cond{"id > ?", []any{tok.ID}})
 		}

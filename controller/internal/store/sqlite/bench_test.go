@@ -1,0 +1,21 @@
+package sqlite_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/store/storetest"
+)
+
+// go test -run '^$' -bench . -benchtime 2000x ./internal/store/sqlite
+func BenchmarkCreateNode(b *testing.B) {
+	for _, par := range []int{1, 4} {
+		b.Run(map[int]string{1: "serial", 4: "parallel4"}[par], func(b *testing.B) {
+			storetest.BenchCreateNode(b, open(b, filepath.Join(b.TempDir(), "bench.db")), par)
+		})
+	}
+}
+
+func BenchmarkListNodes100k(b *testing.B) {
+	storetest.BenchListNodes(b, open(b, filepath.Join(b.TempDir(), "bench.db")), 100_000)
+}

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
@@ -221,7 +222,9 @@ func (a *Agent) Close() {
 	a.cancel()
 	a.wg.Wait()
 	a.Engine.Close()
-	_ = os.Remove(a.dir.Path() + "/" + StatusFile)
+	// Removed last: `cvlan-agent down` waits for the pid file to go, and by then the interface is gone.
+	_ = os.Remove(filepath.Join(a.dir.Path(), StatusFile))
+	_ = os.Remove(filepath.Join(a.dir.Path(), PIDFile))
 }
 
 // overlayAddresses takes the node's addresses from the cached map (the newest view) or its identity.
@@ -311,7 +314,6 @@ func (a *Agent) Status() Status {
 
 func (a *Agent) writeStatusLoop(ctx context.Context) {
 	_ = a.dir.WriteFile(PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"))
-	defer os.Remove(a.dir.Path() + "/" + PIDFile)
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {

@@ -45,12 +45,13 @@ type Controller struct {
 	srv  *grpc.Server
 	log  func(format string, args ...any)
 
-	mu       sync.Mutex
-	nodes    map[string]*node
-	order    []string
-	deny     map[[2]string]bool // [src, dst] node ids whose traffic dst refuses
-	relayMap *nodev1.RelayMap
-	acked    map[string]uint64 // node -> highest version acknowledged with the right hash
+	mu        sync.Mutex
+	nodes     map[string]*node
+	order     []string
+	deny      map[[2]string]bool // [src, dst] node ids whose traffic dst refuses
+	relayMap  *nodev1.RelayMap
+	keepalive time.Duration
+	acked     map[string]uint64 // node -> highest version acknowledged with the right hash
 }
 
 type node struct {
@@ -90,6 +91,14 @@ func NewController(ca *testpki.CA, addr string, logf func(format string, args ..
 	nodev1.RegisterEnrollmentServiceServer(c.srv, c)
 	go c.srv.Serve(ln)
 	return c, nil
+}
+
+// SetKeepalive sets the persistent keepalive given to every peer (0 disables it).
+func (c *Controller) SetKeepalive(d time.Duration) {
+	c.mu.Lock()
+	c.keepalive = d
+	c.mu.Unlock()
+	c.pushAll()
 }
 
 // Addr returns the node port address.
@@ -175,7 +184,7 @@ func (c *Controller) mapFor(n *node) *nodev1.NetworkMap {
 			Addresses:  []string{p.v4.String() + "/32", p.v6.String() + "/128"},
 			AllowedIps: []string{p.v4.String() + "/32", p.v6.String() + "/128"},
 			Endpoints:  p.endpoints, HomeRelayId: "r1", Online: true,
-			PersistentKeepalive: durationpb.New(0),
+			PersistentKeepalive: durationpb.New(c.keepalive),
 		})
 		if !c.deny[[2]string{p.id, n.id}] {
 			m.PacketFilter.Rules = append(m.PacketFilter.Rules, &nodev1.FilterRule{

@@ -21,6 +21,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,6 +88,7 @@ type result struct {
 	Seconds float64   `json:"seconds"`
 	RTTs    []float64 `json:"rtts_us,omitempty"`
 	Dropped uint64    `json:"dropped,omitempty"`
+	Total   uint64    `json:"total,omitempty"` // packets received over the child's whole life
 	RxCPU   float64   `json:"-"`
 	TxCPU   float64   `json:"-"`
 }
@@ -96,9 +98,30 @@ func (r result) gbps() float64 { return float64(r.Bytes) * 8 / r.Seconds / 1e9 }
 
 // proc is a child process whose first stdout line is "READY <addr>".
 type proc struct {
-	cmd  *exec.Cmd
-	out  *bufio.Scanner
-	addr string
+	cmd   *exec.Cmd
+	out   *bufio.Scanner
+	addr  string
+	stats string // relay only: address of its stats endpoint
+}
+
+// relayUsage is the relay process's CPU seconds and forwarded packets so far.
+func (p *proc) relayUsage() (cpu float64, forwarded uint64) {
+	cpu = cpuSeconds(p.cmd.Process.Pid)
+	resp, err := http.Get("http://" + p.stats + "/")
+	if err != nil {
+		return cpu, 0
+	}
+	defer resp.Body.Close()
+	var st server.Stats
+	_ = json.NewDecoder(resp.Body).Decode(&st)
+	return cpu, st.PacketsForwarded
+}
+
+func usPer(cpu float64, n uint64) float64 {
+	if n == 0 {
+		return 0
+	}
+	return cpu / float64(n) * 1e6
 }
 
 func spawn(o opts, role string, args ...string) (*proc, error) {
@@ -130,7 +153,13 @@ func spawn(o opts, role string, args ...string) (*proc, error) {
 		_ = cmd.Wait()
 		return nil, fmt.Errorf("%s: unexpected %q", role, line)
 	}
-	p.addr = strings.TrimSpace(strings.TrimPrefix(line, "READY"))
+	f := strings.Fields(strings.TrimPrefix(line, "READY"))
+	if len(f) > 0 {
+		p.addr = f[0]
+	}
+	if len(f) > 1 {
+		p.stats = f[1]
+	}
 	return p, nil
 }
 
@@ -287,7 +316,7 @@ func orchestrate(o opts) error {
 	if on("1") || on("2") {
 		fmt.Printf("\n[1] plain TLS 1.3 pipe: sender process -> receiver process\n" +
 			"[2] the same two endpoint programs through cvlan-relay: sender process -> relay process -> receiver process\n")
-		var ratios, pipes, relays []float64
+		var ratios, pipes, relays, effs []float64
 		for round := 1; round <= o.rounds; round++ {
 			var pipe, one result
 			if on("1") {
@@ -298,22 +327,32 @@ func orchestrate(o opts) error {
 				fmt.Printf("  round %d [1] pipe:  %9.0f packets/s %6.2f Gbit/s   CPU s: sender %.1f receiver %.1f   (load %s)\n",
 					round, pipe.pps(), pipe.gbps(), pipe.TxCPU, pipe.RxCPU, loadAvg())
 			}
+			var relayCPU float64
 			if on("2") {
-				relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
+				cpu0, _ := relay.relayUsage()
 				if one, err = pair(o, "raw-recv", "raw-send", url, "-base", strconv.Itoa(round*10)); err != nil {
 					return fmt.Errorf("relay throughput: %w", err)
 				}
+				cpu1, _ := relay.relayUsage()
+				relayCPU = cpu1 - cpu0
 				relays = append(relays, one.pps())
 				fmt.Printf("  round %d [2] relay: %9.0f packets/s %6.2f Gbit/s   CPU s: sender %.1f relay %.1f receiver %.1f\n",
-					round, one.pps(), one.gbps(), one.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, one.RxCPU)
+					round, one.pps(), one.gbps(), one.TxCPU, relayCPU, one.RxCPU)
 			}
 			if on("1") && on("2") {
 				ratios = append(ratios, one.pps()/pipe.pps())
+				pipeUs := usPer(pipe.TxCPU+pipe.RxCPU, pipe.Total)
+				relayUs := usPer(one.TxCPU+relayCPU+one.RxCPU, one.Total)
+				effs = append(effs, pipeUs/relayUs)
+				fmt.Printf("          CPU per delivered packet: pipe %.2f us (sender+receiver) | relay path %.2f us (sender %.2f + relay %.2f + receiver %.2f)\n",
+					pipeUs, relayUs, usPer(one.TxCPU, one.Total), usPer(relayCPU, one.Total), usPer(one.RxCPU, one.Total))
 			}
 		}
 		if len(ratios) > 0 {
 			fmt.Printf("  median: pipe %.0f packets/s, relay %.0f packets/s (%.2f Gbit/s); ratio relay/pipe per round %s, median %.2f\n",
 				pct(pipes, .5), pct(relays, .5), pct(relays, .5)*float64(o.size)*8/1e9, fmtList(ratios), pct(ratios, .5))
+			fmt.Printf("  CPU efficiency, pipe CPU per packet / relay-path CPU per packet (independent of other load on the machine): per round %s, median %.2f\n",
+				fmtList(effs), pct(effs, .5))
 			fmt.Println("  (target ratio >= 0.40; Tailscale derper BenchmarkSendRecv, in-process, no TLS, 1,000-byte packets: ~395,000 packets/s)")
 		}
 	}
@@ -359,12 +398,14 @@ func orchestrate(o opts) error {
 	}
 
 	if on("5") {
+		relayCPU0 := cpuSeconds(relay.cmd.Process.Pid)
 		many, err := pair(o, "relay-recv", "relay-send", url, "-pairs", strconv.Itoa(o.pairs), "-base", "100000")
 		if err != nil {
 			return fmt.Errorf("many pairs: %w", err)
 		}
-		fmt.Printf("[5] %d concurrent pairs through the relay (all senders in one process, all receivers in another): %9.0f packets/s  %6.2f Gbit/s\n",
-			o.pairs, many.pps(), many.gbps())
+		fmt.Printf("[5] %d concurrent pairs through the relay, relay/client package (%d sender clients in one process, %d receivers in another): %9.0f packets/s  %6.2f Gbit/s\n"+
+			"     CPU s: senders %.1f relay %.1f receivers %.1f\n",
+			o.pairs, o.pairs, o.pairs, many.pps(), many.gbps(), many.TxCPU, cpuSeconds(relay.cmd.Process.Pid)-relayCPU0, many.RxCPU)
 	}
 	fmt.Printf("\ntotal run time %v, load average at end: %s\n", time.Since(start).Round(time.Millisecond), loadAvg())
 	return nil
@@ -441,10 +482,22 @@ func runRelay(ca *testpki.CA) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("READY", ln.Addr().String())
+	// A loopback stats endpoint lets the orchestrator count what the relay
+	// forwarded in each phase.
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() {
+		_ = http.Serve(sln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			_ = json.NewEncoder(w).Encode(srv.Stats())
+		}))
+	}()
+	fmt.Println("READY", ln.Addr().String(), sln.Addr().String())
 	ctx, cancel := signalContext()
 	defer cancel()
 	err = srv.Run(ctx, ln)
+	_ = sln.Close()
 	st := srv.Stats()
 	fmt.Fprintf(os.Stderr, "relay process (all phases): forwarded %d packets, drops %v, rejects %v\n", st.PacketsForwarded, st.Drops, st.Rejects)
 	return err

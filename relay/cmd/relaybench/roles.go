@@ -47,7 +47,7 @@ func (m *meter) run(o opts) (result, error) {
 	p0, b0, t0 := m.packets.Load(), m.bytes.Load(), time.Now()
 	time.Sleep(o.measure)
 	p1, b1, t1 := m.packets.Load(), m.bytes.Load(), time.Now()
-	return result{Packets: p1 - p0, Bytes: b1 - b0, Seconds: t1.Sub(t0).Seconds()}, nil
+	return result{Packets: p1 - p0, Bytes: b1 - b0, Seconds: t1.Sub(t0).Seconds(), Total: p1}, nil
 }
 
 func sendFor(o opts) time.Duration { return o.warm + o.measure + 2*time.Second }

@@ -69,7 +69,7 @@ func TestGrpcurlAPIFlow(t *testing.T) {
 	for _, l := range logs {
 		actions = append(actions, l.(map[string]any)["action"].(string))
 	}
-	if strings.Join(actions, ",") != "join_token.create,policy.create,group.create,cvlan.create" {
+	if strings.Join(actions, ",") != "join_token.create,policy.create,group.create,cvlan.create,tenant.create" {
 		t.Fatalf("audit log actions %v", actions)
 	}
 	// Without a key: Unauthenticated.

@@ -196,7 +196,7 @@ func TestResourceLifecycle(t *testing.T) {
 						t.Errorf("audit entry without actor or request id: %v", a)
 					}
 				}
-				want := "join_token.delete,join_token.revoke,join_token.create,policy.create,tag.create,group.create,cvlan.update,cvlan.create,cvlan.create,cvlan.create,cvlan.create"
+				want := "join_token.delete,join_token.revoke,join_token.create,policy.create,tag.create,group.create,cvlan.update,cvlan.create,cvlan.create,cvlan.create,cvlan.create,tenant.create"
 				if strings.Join(actions, ",") != want {
 					t.Fatalf("audit actions\n got %s\nwant %s", strings.Join(actions, ","), want)
 				}
@@ -811,6 +811,20 @@ func TestBootstrapOnceAndKeys(t *testing.T) {
 	}
 	tid := e.newTenant(t, "acme")
 	ta := e.clients(e.keyFor(t, tid, domain.RoleTenantAdmin), false)
+	// Deployment-wide changes are audited where someone can read them: the tenant's creation in
+	// the tenant, a region in the system tenant (super_admin's own).
+	if _, err := c.region.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "paris", Code: "eu-west"}})); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		c      *clients
+		action string
+	}{{ta, "tenant.create"}, {c, "region.create"}} {
+		al, err := x.c.audit.ListAuditLogs(ctx, connect.NewRequest(&v1.ListAuditLogsRequest{Action: x.action}))
+		if err != nil || len(al.Msg.GetAuditLogs()) != 1 {
+			t.Fatalf("audit of %s: %v %v", x.action, al, err)
+		}
+	}
 	// A key above its creator's role is refused.
 	if _, err := ta.key.CreateApiKey(ctx, connect.NewRequest(&v1.CreateApiKeyRequest{ApiKey: &v1.ApiKey{Name: "up", Role: v1.UserRole_USER_ROLE_SUPER_ADMIN, Scopes: []v1.ApiScope{v1.ApiScope_API_SCOPE_READ}}})); code(err) != connect.CodePermissionDenied {
 		t.Fatalf("escalation: %v", err)

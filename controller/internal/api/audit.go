@@ -46,6 +46,16 @@ func (s *server) audit(ctx context.Context, tx store.Tx, action, rtype, id strin
 		ActorType: domain.ActorSystem, ActorName: "system", Action: action, ResourceType: rtype,
 		ResourceID: id, Before: b, After: a, RequestID: ri.ID, PeerAddress: ri.Peer,
 	}
+	if tx.Scope().All {
+		// Deployment-wide changes: a tenant's own lifecycle is recorded in that tenant (its
+		// admins see who changed it); regions and shared relays in the system tenant, where
+		// super_admin reads them.
+		if rtype == domain.ResourceTenant {
+			e.TenantID = id
+		} else if sys, err := s.systemTenant(ctx); err == nil {
+			e.TenantID = sys
+		}
+	}
 	if p := auth.PrincipalFrom(ctx); p != nil {
 		e.ActorType, e.ActorID, e.ActorName = p.ActorType(), p.ID, p.Name
 		if p.Email != "" {

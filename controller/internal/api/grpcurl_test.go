@@ -99,7 +99,7 @@ func runGrpcurlFlow(t *testing.T, call func(method string, req any) map[string]a
 	for _, l := range logs {
 		actions = append(actions, l.(map[string]any)["action"].(string))
 	}
-	if strings.Join(actions, ",") != "join_token.create,policy.create,group.create,cvlan.create" {
+	if strings.Join(actions, ",") != "join_token.create,policy.create,group.create,cvlan.create,tenant.create" {
 		t.Fatalf("audit log actions %v", actions)
 	}
 }

@@ -171,9 +171,18 @@ func (p *proc) result() (result, error) {
 		return r, fmt.Errorf("%v: no result", p.cmd.Args[2])
 	}
 	if err := json.Unmarshal(p.out.Bytes(), &r); err != nil {
+		_ = p.cmd.Wait()
 		return r, err
 	}
 	return r, p.cmd.Wait()
+}
+
+// cpu is the exited child's user+system CPU time.
+func (p *proc) cpu() float64 {
+	if p.cmd.ProcessState == nil {
+		return 0
+	}
+	return p.cmd.ProcessState.UserTime().Seconds() + p.cmd.ProcessState.SystemTime().Seconds()
 }
 
 func (p *proc) stop() {
@@ -264,17 +273,18 @@ func pair(o opts, recvRole, sendRole, target string, extra ...string) (result, e
 		tx.stop()
 		return r, err
 	}
+	stopped := false
 	if sendRole == "pipe-send" || sendRole == "relay-send" || sendRole == "raw-send" {
 		// The receiver has measured; stop the sender so that it does not
 		// load the machine during the next phase.
 		_ = tx.cmd.Process.Signal(os.Interrupt)
+		stopped = true
 	}
 	t, err := tx.result()
-	if err != nil {
+	if err != nil && !stopped { // a stopped sender's exit status says nothing
 		return r, err
 	}
-	r.RxCPU = rx.cmd.ProcessState.UserTime().Seconds() + rx.cmd.ProcessState.SystemTime().Seconds()
-	r.TxCPU = tx.cmd.ProcessState.UserTime().Seconds() + tx.cmd.ProcessState.SystemTime().Seconds()
+	r.RxCPU, r.TxCPU = rx.cpu(), tx.cpu()
 	t.RxCPU, t.TxCPU = r.RxCPU, r.TxCPU
 	if len(t.RTTs) > 0 { // latency: the pinging side measures
 		return t, nil

@@ -232,7 +232,7 @@ func (ms *mapStream) flush() error {
 		}
 	}
 	items, resync := ms.sub.Take()
-	if resync {
+	if resync || (ms.p.deps.FullMaps && len(items) > 0) {
 		return ms.sendSnapshot()
 	}
 	ms.mu.Lock()

@@ -63,6 +63,11 @@ type Deps struct {
 	// SendTimeout ends a stream whose agent does not read a message within it (0: 30 s).
 	SendTimeout time.Duration
 
+	// FullMaps sends every change as a whole snapshot instead of a delta, the way controllers that
+	// rebuild full maps work. It exists to measure what deltas save (netmapbench); never in
+	// production.
+	FullMaps bool
+
 	// MaxStreams caps concurrent map streams (0: 50,000); StreamRate and StreamBurst cap how fast
 	// streams are accepted (0: 2,000/s, burst 500). Beyond: ResourceExhausted with retry-after-ms.
 	MaxStreams  int

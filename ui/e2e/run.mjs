@@ -126,9 +126,9 @@ class Proc {
 /**
  * agentArgs is how the test runs cvlan-agent: with the console's token, in netstack mode (no root),
  * against the controller's node port, trusting the controller's embedded CA. E2E_AGENT_ARGS
- * replaces it (placeholders {node} {api} {token} {state} {ca} {admin}).
+ * replaces it (placeholders {node} {api} {token} {name} {state} {ca} {admin}).
  */
-function agentArgs({ nodeAddr, apiOrigin, token, stateDir, caFile, adminAddr }) {
+function agentArgs({ nodeAddr, apiOrigin, token, name, stateDir, caFile, adminAddr }) {
   const fill = (a) =>
     a
       .replaceAll("{node}", nodeAddr)
@@ -136,10 +136,11 @@ function agentArgs({ nodeAddr, apiOrigin, token, stateDir, caFile, adminAddr }) 
       .replaceAll("{token}", token)
       .replaceAll("{state}", stateDir)
       .replaceAll("{ca}", caFile)
-      .replaceAll("{admin}", adminAddr);
+      .replaceAll("{admin}", adminAddr)
+      .replaceAll("{name}", name);
   const tmpl =
     process.env.E2E_AGENT_ARGS ??
-    "up --controller https://{node} --controller-ca {ca} --token {token} --state-dir {state} --netstack --name e2e-agent --admin-addr {admin} --log-level debug";
+    "up --controller https://{node} --controller-ca {ca} --token {token} --state-dir {state} --netstack --name {name} --admin-addr {admin} --log-level debug";
   return tmpl.split(/\s+/).filter(Boolean).map(fill);
 }
 
@@ -283,6 +284,9 @@ async function main() {
       const dialog = page.getByRole("dialog", { name: "Create join token" });
       await dialog.getByLabel("Name", { exact: true }).fill("e2e-agent");
       await dialog.getByLabel("Tags for enrolled nodes").fill("e2e");
+      // Two machines enroll with it, so that the topology has a link to show.
+      await dialog.getByLabel("Reusable (more than one machine)").check();
+      await dialog.getByLabel("Maximum uses").fill("2");
       await shot("04-join-token-dialog");
       await dialog.getByRole("button", { name: "Create token" }).click();
       const done = page.getByRole("dialog", { name: "Join token created" });
@@ -303,26 +307,33 @@ async function main() {
       await page.getByRole("heading", { name: "Nodes", level: 1 }).waitFor();
       await page.getByText(/No nodes match/).waitFor();
       const before = navigations;
-      const agent = new Proc(
-        "cvlan-agent",
-        path.join(binDir, "cvlan-agent"),
-        agentArgs({
-          nodeAddr,
-          apiOrigin,
-          token: secret,
-          stateDir: path.join(tmp, "agent"),
-          caFile: path.join(tmp, "controller", "ca", "root_ca.crt"),
-          adminAddr: `127.0.0.1:${await freePort()}`,
-        }),
-      );
-      procs.push(agent);
-      const row = page.locator("tr", { hasText: "online" });
-      try {
-        await row.first().waitFor({ timeout: 60_000 });
-      } catch (err) {
-        throw new Error(`${err.message.split("\n")[0]}\n--- cvlan-agent output ---\n${agent.tail()}`);
+      const agents = [];
+      for (const name of ["e2e-agent-1", "e2e-agent-2"]) {
+        const agent = new Proc(
+          name,
+          path.join(binDir, "cvlan-agent"),
+          agentArgs({
+            nodeAddr,
+            apiOrigin,
+            token: secret,
+            name,
+            stateDir: path.join(tmp, name),
+            caFile: path.join(tmp, "controller", "ca", "root_ca.crt"),
+            adminAddr: `127.0.0.1:${await freePort()}`,
+          }),
+        );
+        procs.push(agent);
+        agents.push(agent);
       }
-      if (navigations !== before) throw new Error("the page navigated: the node should appear through WatchEvents, not a reload");
+      const online = page.locator("tbody tr", { hasText: "online" });
+      try {
+        await page.waitForFunction(() => document.querySelectorAll("tbody tr[data-node-name]").length === 2, null, { timeout: 60_000 });
+        await online.nth(1).waitFor({ timeout: 60_000 });
+      } catch (err) {
+        throw new Error(`${err.message.split("\n")[0]}\n${agents.map((a) => `--- ${a.name} output ---\n${a.tail()}`).join("\n")}`);
+      }
+      if (navigations !== before) throw new Error("the page navigated: the nodes should appear through WatchEvents, not a reload");
+      const row = online;
       await shot("07-nodes");
       await row.first().getByRole("link").first().click();
       await page.getByRole("heading", { name: "Summary" }).waitFor();
@@ -373,7 +384,11 @@ async function main() {
     await step("open the topology view", async () => {
       await go("Topology");
       if (skip.has("enroll")) await page.getByText(/No nodes yet/).waitFor();
-      else await page.locator(".react-flow__node").first().waitFor();
+      else {
+        await page.locator(".react-flow__node").nth(1).waitFor();
+        // The agents report their peer paths once WireGuard has a handshake between them.
+        await page.locator(".react-flow__edge").first().waitFor({ timeout: 60_000 });
+      }
       await shot("13-topology");
     });
 

@@ -31,6 +31,7 @@ export function Layout(props: { children: ReactNode }) {
         Skip to content
       </a>
       <aside className="sidebar">
+        <div className="sidebar-inner">
         <div className="brand">
           <img src="/favicon.svg" alt="" width={26} height={26} />
           <span>CloudVLAN</span>
@@ -48,6 +49,7 @@ export function Layout(props: { children: ReactNode }) {
               ))}
           </ul>
         </nav>
+        </div>
       </aside>
       <div className="main-col">
         <header className="topbar">

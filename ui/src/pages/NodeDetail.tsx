@@ -84,7 +84,6 @@ function NodeView({ node }: { node: Node }) {
             </div>
           ) : (
             <form
-              className="inline-form"
               onSubmit={(e) => {
                 e.preventDefault();
                 quarantine.mutate({ id: node.id, etag: node.etag, reason: reason.trim() });

@@ -1,4 +1,4 @@
-import { Background, Controls, MarkerType, ReactFlow, type Edge, type Node as FlowNode } from "@xyflow/react";
+import { Background, Controls, ReactFlow, type Edge, type Node as FlowNode } from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
 import { useMemo } from "react";
 import { Link, useNavigate } from "react-router";
@@ -32,11 +32,13 @@ export function TopologyPage() {
         id: `${l.a}-${l.b}`,
         source: l.a,
         target: l.b,
+        // Straight lines between node centres (the handles are centred by CSS): a mesh has no
+        // direction, and curves between arbitrary sides look like detours.
+        type: "straight",
         label: direct ? "direct" : `relay ${relays.get(l.relayId) ?? ""}`.trim(),
         animated: !direct,
         style: { stroke: direct ? "#16a34a" : "#d97706", strokeWidth: 2, strokeDasharray: direct ? undefined : "6 4" },
-        markerEnd: undefined,
-        markerStart: direct ? undefined : { type: MarkerType.Arrow },
+
       };
     });
     return { flowNodes, edges, links };
@@ -61,7 +63,7 @@ export function TopologyPage() {
                 nodes={graph.flowNodes}
                 edges={graph.edges}
                 fitView
-                fitViewOptions={{ padding: 0.25 }}
+                fitViewOptions={{ padding: 0.3, maxZoom: 1.1 }}
                 nodesDraggable
                 nodesConnectable={false}
                 onNodeClick={(_, n) => navigate(`/nodes/${n.id}`)}

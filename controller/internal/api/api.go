@@ -122,8 +122,8 @@ func Mount(mux *http.ServeMux, deps Deps, opts ...Option) (*API, error) {
 	}
 	createLimiter := auth.NewKeyedLimiter(o.createLimit, o.createBurst)
 	ints := connect.WithInterceptors(
+		interceptor.Log(log), // outermost: it also stamps the request id on errors from Recover
 		interceptor.Recover(log),
-		interceptor.Log(log),
 		interceptor.Auth(authn, AuthzTable()),
 		interceptor.RateLimit(createLimiter,
 			cloudvlanv1connect.JoinTokenServiceCreateJoinTokenProcedure,

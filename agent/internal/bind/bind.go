@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/cloudvlan/cloudvlan/relay/stun"
 )
 
 // Relay sends packets to a peer through a relay, addressed by the peer's WireGuard public key. Packets
@@ -104,7 +106,7 @@ type Bind struct {
 	peers    map[[32]byte]*peerState
 	byAddr   map[netip.AddrPort][32]byte
 	relay    Relay
-	stunWait map[[12]byte]chan netip.AddrPort
+	stunWait map[stun.TxID]chan netip.AddrPort
 	wg       sync.WaitGroup
 }
 
@@ -122,7 +124,7 @@ func New(cfg Config) *Bind {
 		cfg.ProbeInterval = 2 * time.Second
 	}
 	return &Bind{cfg: cfg, log: cfg.Logger, peers: map[[32]byte]*peerState{}, byAddr: map[netip.AddrPort][32]byte{},
-		stunWait: map[[12]byte]chan netip.AddrPort{}}
+		stunWait: map[stun.TxID]chan netip.AddrPort{}}
 }
 
 // Endpoint is a peer identity: the UAPI endpoint value is the peer's public key in hex.
@@ -439,7 +441,7 @@ func (b *Bind) receiveUDP(u *net.UDPConn) conn.ReceiveFunc {
 				b.handleProbe(pkt, ap, false)
 				continue
 			}
-			if isSTUNResponse(pkt) {
+			if stun.IsMessage(pkt) {
 				b.handleSTUN(pkt)
 				continue
 			}

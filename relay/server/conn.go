@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/cloudvlan/cloudvlan/relay/frame"
 	"github.com/cloudvlan/cloudvlan/relay/internal/bufpool"
 	"github.com/cloudvlan/cloudvlan/relay/internal/identity"
@@ -127,7 +125,7 @@ type conn struct {
 	nc      net.Conn
 	br      *bufio.Reader
 	q       *pktq.Queue[item]
-	limiter *rate.Limiter
+	limiter *tokenBucket
 	stats   counters
 	route   *route
 
@@ -161,7 +159,7 @@ func (s *Server) newConn(r role, id identity.Identity) *conn {
 	case roleClient:
 		c.q = pktq.New[item](s.cfg.SendQueueLen, s.cfg.SendQueueLen+controlHeadroom)
 		if s.cfg.RateLimitBytes > 0 {
-			c.limiter = rate.NewLimiter(rate.Limit(s.cfg.RateLimitBytes), s.cfg.RateBurstBytes)
+			c.limiter = newTokenBucket(s.cfg.RateLimitBytes, s.cfg.RateBurstBytes)
 		}
 		c.log = s.log.With("conn", num, "tenant", id.Tenant, "node", id.ID, "key", c.key.ShortString())
 	default:
@@ -412,7 +410,7 @@ func (c *conn) readErr(err error) error {
 // destination), tenant check, enqueue on the destination's connection.
 func (c *conn) forward(now time.Time, dst frame.Key, buf *bufpool.Buf, plen int) {
 	s := c.s
-	if c.limiter != nil && !c.limiter.AllowN(now, len(buf.B)) {
+	if c.limiter != nil && !c.limiter.allow(now, len(buf.B)) {
 		c.stats.drops[DropRateLimited].Add(1)
 		s.pool.Put(buf)
 		return

@@ -325,11 +325,9 @@ func (c *conn) readLoop() error {
 		frames uint
 	)
 	for {
-		// Read the clock only when the next read may block (nothing
-		// buffered): within a burst the time barely moves, and a clock read
-		// per packet is measurable.
-		// Re-read every 32 frames too, so that the rate limiter and the
-		// idle deadline see time pass during a long burst.
+		// Read the clock when the next read may block (nothing buffered)
+		// and every 32 frames: a clock read per packet is measurable, and
+		// within a burst time barely moves for the rate limit and deadline.
 		if frames++; c.br.Buffered() == 0 || frames&31 == 0 {
 			now = time.Now()
 			c.refreshDeadline(now)

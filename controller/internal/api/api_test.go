@@ -150,10 +150,18 @@ func TestResourceLifecycle(t *testing.T) {
 					t.Fatalf("create invalid policy: %v", err)
 				}
 
-				// Join token: secret shown once, stored hashed; list, revoke, delete.
-				jr, err := c.token.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{JoinToken: &v1.JoinToken{Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cv.GetId()}}))
+				// Join token: its tags must exist; the secret is shown once and stored hashed.
+				if _, err := c.token.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{JoinToken: &v1.JoinToken{
+					Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cv.GetId(), Tags: []string{"nosuch"},
+				}})); code(err) != connect.CodeNotFound {
+					t.Fatalf("token with unknown tag: %v", err)
+				}
+				jr, err := c.token.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{JoinToken: &v1.JoinToken{Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cv.GetId(), Tags: []string{"web"}, Name: "ci"}}))
 				if err != nil {
 					t.Fatal(err)
+				}
+				if jr.Msg.GetJoinToken().GetName() != "ci" || jr.Msg.GetJoinToken().GetTags()[0] != "web" {
+					t.Fatalf("token %v", jr.Msg.GetJoinToken())
 				}
 				sec := jr.Msg.GetSecret()
 				if !strings.HasPrefix(sec, "cvj_") || len(sec) < 40 || !strings.HasPrefix(sec, jr.Msg.GetJoinToken().GetPrefix()) {

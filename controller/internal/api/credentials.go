@@ -254,6 +254,9 @@ func (s *server) CreateJoinToken(ctx context.Context, req *connect.Request[v1.Cr
 	}
 	err = doCreate(ctx, s, scope, "join_token.create", domain.ResourceJoinToken, j, store.Tx.CreateJoinToken, s.joinTokenMsg,
 		func(tx store.Tx) error {
+			if err := checkTags(ctx, tx, j.Tags); err != nil {
+				return err
+			}
 			switch j.Kind {
 			case domain.NodeKindNode:
 				_, err := tx.GetCvlan(ctx, j.CvlanID)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"slices"
 
 	"connectrpc.com/connect"
@@ -130,4 +131,18 @@ func (s *server) DeleteTag(ctx context.Context, req *connect.Request[v1.DeleteTa
 		return nil, err
 	}
 	return connect.NewResponse(&v1.DeleteTagResponse{}), nil
+}
+
+// checkTags makes sure every tag name exists in the transaction's tenant (NotFound otherwise).
+func checkTags(ctx context.Context, tx store.Tx, names []string) error {
+	for _, n := range names {
+		p, err := tx.ListTags(ctx, store.TagFilter{NamePrefix: n}, store.ListOptions{PageSize: store.MaxPageSize})
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(p.Items, func(t *domain.Tag) bool { return t.Name == n }) {
+			return connect.NewError(connect.CodeNotFound, fmt.Errorf("tag %q not found", n))
+		}
+	}
+	return nil
 }

@@ -53,6 +53,9 @@ type Store interface {
 	// ChangesSince returns up to limit change events with ID > afterID, in ID order, across all
 	// tenants. IDs are assigned in commit order, so a reader never skips a change.
 	ChangesSince(ctx context.Context, afterID int64, limit int) ([]domain.ChangeEvent, error)
+	// PruneChanges deletes change events older than before (the feed is a replication log,
+	// not history: the audit log is) and returns how many.
+	PruneChanges(ctx context.Context, before time.Time) (int64, error)
 	// Watch returns a channel that receives a value (coalesced, never blocking the store) after
 	// changes were committed by this or, on PostgreSQL, any process, and also after the
 	// notification connection was re-established (changes may have been missed: read again).
@@ -267,6 +270,10 @@ type Tx interface {
 	CreateNodes(ctx context.Context, vs []*domain.Node) error
 	// UpdateNode keeps CvlanID and the addresses (stable for the node's life).
 	UpdateNode(ctx context.Context, v *domain.Node) error
+	// TouchNode records that the node was seen at `at` without changing its version or
+	// emitting a change event (heartbeats must not conflict with admin edits or flood the
+	// feed); ListNodes' LastSeenBefore filter sees it.
+	TouchNode(ctx context.Context, id string, at time.Time) error
 	// DeleteNode deletes the node and releases its addresses.
 	DeleteNode(ctx context.Context, id string, version int64) error
 

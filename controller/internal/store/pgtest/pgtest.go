@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -50,6 +49,8 @@ type Cluster struct {
 	port     int
 	cred     *syscall.Credential
 	seq      atomic.Int64
+	server   *exec.Cmd
+	exited   chan struct{}
 }
 
 // DSNs are connection strings for one test database.
@@ -149,16 +150,8 @@ func Start(ctx context.Context) (*Cluster, error) {
 	if c.port, err = freePort(); err != nil {
 		return nil, err
 	}
-	opts := strings.Join([]string{
-		"-p", strconv.Itoa(c.port), "-k", dir, "-c", "listen_addresses=127.0.0.1",
-		// Durability is irrelevant for a throw-away cluster; speed is not.
-		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-		"-c", "max_connections=300", "-c", "shared_buffers=128MB",
-	}, " ")
-	if out, err := c.run(ctx, "pg_ctl", "-D", c.dataDir, "-l", filepath.Join(dir, "server.log"), "-w",
-		"-t", "60", "-o", opts, "start"); err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "server.log"))
-		return nil, fmt.Errorf("pgtest: pg_ctl start: %w\n%s\n%s", err, out, log)
+	if err := c.startServer(ctx); err != nil {
+		return nil, err
 	}
 	conn, err := pgx.Connect(ctx, c.dsn(superRole, "postgres"))
 	if err != nil {
@@ -200,6 +193,50 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
+// startServer runs postgres as a child process (not daemonised by pg_ctl) that receives SIGQUIT
+// (immediate shutdown) when the test process dies, so a killed test run leaves no server behind.
+func (c *Cluster) startServer(ctx context.Context) error {
+	logf, err := os.Create(filepath.Join(c.dir, "server.log"))
+	if err != nil {
+		return fmt.Errorf("pgtest: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(filepath.Join(c.binDir, "postgres"), "-D", c.dataDir,
+		"-p", strconv.Itoa(c.port), "-k", c.dir, "-c", "listen_addresses=127.0.0.1",
+		// Durability is irrelevant for a throw-away cluster; speed is not.
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "max_connections=300", "-c", "shared_buffers=128MB")
+	cmd.Dir = c.dir
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGQUIT, Credential: c.cred}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("pgtest: start postgres: %w", err)
+	}
+	c.server, c.exited = cmd, make(chan struct{})
+	go func() { _ = cmd.Wait(); close(c.exited) }()
+	// Wait until it accepts connections.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		conn, err := pgx.Connect(ctx, c.dsn(superRole, "postgres"))
+		if err == nil {
+			conn.Close(ctx)
+			return nil
+		}
+		select {
+		case <-c.exited:
+			log, _ := os.ReadFile(filepath.Join(c.dir, "server.log"))
+			return fmt.Errorf("pgtest: postgres exited during start-up:\n%s", log)
+		case <-ctx.Done():
+			return fmt.Errorf("pgtest: waiting for postgres: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pgtest: postgres not ready after 60s: %w", err)
+		}
+	}
+}
+
 func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.binDir, name), args...)
 	cmd.Dir = c.dir
@@ -220,12 +257,15 @@ func (c *Cluster) Stop() error {
 		return nil
 	}
 	var err error
-	if _, statErr := os.Stat(filepath.Join(c.dataDir, "postmaster.pid")); statErr == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		out, stopErr := c.run(ctx, "pg_ctl", "-D", c.dataDir, "-m", "immediate", "-w", "stop")
-		cancel()
-		if stopErr != nil {
-			err = fmt.Errorf("pg_ctl stop: %w: %s", stopErr, out)
+	if c.server != nil {
+		// SIGQUIT: immediate shutdown; the data is thrown away anyway.
+		_ = c.server.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-c.exited:
+		case <-time.After(time.Minute):
+			_ = c.server.Process.Kill()
+			<-c.exited
+			err = errors.New("postgres did not stop within a minute; killed")
 		}
 	}
 	return errors.Join(err, os.RemoveAll(c.dir))

@@ -262,6 +262,17 @@ func (s *Store) run(ctx context.Context, scope store.Scope, readOnly bool, fn fu
 	return nil
 }
 
+// PruneChanges implements store.Store.
+func (s *Store) PruneChanges(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		n, err = t.(*sqlcore.Tx).PruneChanges(ctx, before)
+		return err
+	})
+	return n, err
+}
+
 // ChangesSince implements store.Store.
 func (s *Store) ChangesSince(ctx context.Context, afterID int64, limit int) ([]domain.ChangeEvent, error) {
 	var out []domain.ChangeEvent

@@ -422,6 +422,40 @@ func testChangeFeed(t *testing.T, h Harness) {
 	if err != nil || len(page) != 2 || page[0].ID != got[1].ID {
 		t.Fatalf("limited read = %+v, %v", page, err)
 	}
+	// Heartbeats (TouchNode) change neither the version nor the feed.
+	hb := f.node("hb")
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.CreateNode(c, hb) })
+	seen := time.Now().Add(-time.Hour)
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.TouchNode(c, hb.ID, seen) })
+	after, err := s.ChangesSince(c, last, 100)
+	if err != nil || len(after) != 1 || after[0].Op != domain.OpCreate {
+		t.Fatalf("events after create+touch = %+v, %v", after, err)
+	}
+	must(t, s, f.scope, func(tx store.Tx) error {
+		got, err := tx.GetNode(c, hb.ID)
+		if err != nil {
+			return err
+		}
+		if got.Version != 1 || !got.LastSeenTime.Equal(seen.UTC().Truncate(time.Microsecond)) {
+			return fmt.Errorf("touched node: version %d, last seen %v", got.Version, got.LastSeenTime)
+		}
+		p, err := tx.ListNodes(c, store.NodeFilter{LastSeenBefore: time.Now().Add(-time.Minute)}, store.ListOptions{})
+		if err == nil && (len(p.Items) != 1 || p.Items[0].ID != hb.ID) {
+			err = fmt.Errorf("last-seen filter: %v", names(p))
+		}
+		return err
+	})
+	// Pruning removes old events only.
+	pruned, err := s.PruneChanges(c, time.Now().Add(time.Hour))
+	if err != nil || pruned < int64(len(want)) {
+		t.Fatalf("pruned %d, %v", pruned, err)
+	}
+	if rest, err := s.ChangesSince(c, 0, 0); err != nil || len(rest) != 0 {
+		t.Fatalf("after pruning: %d events, %v", len(rest), err)
+	}
+	if n, err := s.PruneChanges(c, time.Now().Add(-time.Hour)); err != nil || n != 0 {
+		t.Fatalf("pruned %d recent events, %v", n, err)
+	}
 }
 
 func testWatch(t *testing.T, h Harness) {

@@ -159,3 +159,16 @@ func (tx *Tx) ChangesSince(ctx context.Context, afterID int64, limit int) ([]dom
 	}
 	return out, rows.Err()
 }
+
+// PruneChanges deletes change events older than before. Stores call it in an all-tenants
+// transaction.
+func (tx *Tx) PruneChanges(ctx context.Context, before time.Time) (int64, error) {
+	if err := tx.writable(); err != nil {
+		return 0, err
+	}
+	n, err := tx.exec(ctx, "DELETE FROM change_events WHERE time < ?", micros(before))
+	if err != nil {
+		return 0, fmt.Errorf("prune change feed: %w", err)
+	}
+	return n, nil
+}

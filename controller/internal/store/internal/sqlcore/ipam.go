@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/ipam"
@@ -402,6 +403,26 @@ func (tx *Tx) takenAddrs(ctx context.Context, cvlanID string, from, to int64) ([
 
 // UpdateNode implements store.Tx.
 func (tx *Tx) UpdateNode(ctx context.Context, v *domain.Node) error { return nodes.update(ctx, tx, v) }
+
+// TouchNode implements store.Tx.
+func (tx *Tx) TouchNode(ctx context.Context, id string, at time.Time) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	n, err := nodes.getBy(ctx, tx, id, true, eq("id", id))
+	if err != nil {
+		return err
+	}
+	n.LastSeenTime = at.UTC().Truncate(time.Microsecond)
+	data, err := jsonString(n)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.exec(ctx, "UPDATE nodes SET data = ?, last_seen = ? WHERE id = ?", data, micros(n.LastSeenTime), id); err != nil {
+		return fmt.Errorf("touch node %s: %w", id, err)
+	}
+	return nil
+}
 
 // DeleteNode implements store.Tx.
 func (tx *Tx) DeleteNode(ctx context.Context, id string, version int64) error {

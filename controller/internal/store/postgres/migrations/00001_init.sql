@@ -231,80 +231,85 @@ CREATE TABLE change_events (
 -- cloudvlan.tenant_id, or for every tenant when cloudvlan.all_tenants is 'on' (both set with
 -- set_config(..., true), so they end with the transaction). FORCE applies the policies to the
 -- table owner too; only superusers and BYPASSRLS roles escape them, and the application
--- connects as neither.
-CREATE FUNCTION cloudvlan_visible(tenant text) RETURNS boolean
+-- connects as neither. The settings are read in scalar sub-selects so that PostgreSQL evaluates
+-- them once per query (an InitPlan), not once per row.
+CREATE FUNCTION cloudvlan_all_tenants() RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT coalesce(current_setting('cloudvlan.all_tenants', true), '') = 'on'
-        OR tenant = nullif(current_setting('cloudvlan.tenant_id', true), '')
+$$;
+
+CREATE FUNCTION cloudvlan_tenant() RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT nullif(current_setting('cloudvlan.tenant_id', true), '')
 $$;
 
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tenants USING (cloudvlan_visible(id)) WITH CHECK (cloudvlan_visible(id));
+CREATE POLICY tenant_isolation ON tenants USING (((SELECT cloudvlan_all_tenants()) OR id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE cvlans ENABLE ROW LEVEL SECURITY;
 ALTER TABLE cvlans FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON cvlans USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON cvlans USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE nodes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE nodes FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON nodes USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON nodes USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE users ENABLE ROW LEVEL SECURITY;
 ALTER TABLE users FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON users USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON users USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE groups_ ENABLE ROW LEVEL SECURITY;
 ALTER TABLE groups_ FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON groups_ USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON groups_ USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE tags ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tags FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tags USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON tags USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE policies ENABLE ROW LEVEL SECURITY;
 ALTER TABLE policies FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON policies USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON policies USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
--- Regions: every scope reads; only the all-tenants scope writes (cloudvlan_visible(NULL)).
+-- Regions: every scope reads; only the all-tenants scope writes ((SELECT cloudvlan_all_tenants())).
 ALTER TABLE regions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE regions FORCE ROW LEVEL SECURITY;
 CREATE POLICY global_read ON regions FOR SELECT USING (true);
-CREATE POLICY global_write ON regions USING (cloudvlan_visible(NULL)) WITH CHECK (cloudvlan_visible(NULL));
+CREATE POLICY global_write ON regions USING ((SELECT cloudvlan_all_tenants())) WITH CHECK ((SELECT cloudvlan_all_tenants()));
 
 ALTER TABLE relays ENABLE ROW LEVEL SECURITY;
 ALTER TABLE relays FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON relays USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON relays USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 -- Shared relays (no tenant) are readable by every tenant.
 CREATE POLICY shared_read ON relays FOR SELECT USING (tenant_id IS NULL);
 
 ALTER TABLE vrouters ENABLE ROW LEVEL SECURITY;
 ALTER TABLE vrouters FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON vrouters USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON vrouters USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE discovery_servers ENABLE ROW LEVEL SECURITY;
 ALTER TABLE discovery_servers FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON discovery_servers USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON discovery_servers USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE api_keys FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON api_keys USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON api_keys USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE join_tokens ENABLE ROW LEVEL SECURITY;
 ALTER TABLE join_tokens FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON join_tokens USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON join_tokens USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE sessions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sessions FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON sessions USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON sessions USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
 ALTER TABLE audit_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_log USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON audit_log USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 ALTER TABLE change_events ENABLE ROW LEVEL SECURITY;
 ALTER TABLE change_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON change_events USING (cloudvlan_visible(tenant_id)) WITH CHECK (cloudvlan_visible(tenant_id));
+CREATE POLICY tenant_isolation ON change_events USING (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant()))) WITH CHECK (((SELECT cloudvlan_all_tenants()) OR tenant_id = (SELECT cloudvlan_tenant())));
 
 -- +goose Down
 DROP TABLE change_events;
@@ -323,4 +328,4 @@ DROP TABLE users;
 DROP TABLE nodes;
 DROP TABLE cvlans;
 DROP TABLE tenants;
-DROP FUNCTION cloudvlan_visible(text);
+DROP FUNCTION ((SELECT cloudvlan_all_tenants()) OR text = (SELECT cloudvlan_tenant()));

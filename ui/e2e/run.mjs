@@ -17,7 +17,7 @@
 //                      INCOMPLETE and exits 3, so CI never mistakes it for a pass
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -31,7 +31,7 @@ const shotsDir = path.join(uiDir, "e2e", "screenshots");
 const totalTimeout = Number(process.env.E2E_TIMEOUT_MS ?? 240_000);
 const stepTimeout = 30_000;
 
-const BOOTSTRAP_RE = /bootstrap admin API key:?\s*"?(cvk_[A-Za-z0-9_-]+)/;
+const BOOTSTRAP_RE = /bootstrap admin API key\b[^\n]*?(cvk_[A-Za-z0-9_-]+)/i;
 
 /** freePort asks the kernel for an unused loopback port. */
 async function freePort() {
@@ -208,8 +208,22 @@ async function main() {
     let navigations = 0;
     page.on("framenavigated", (f) => f === page.mainFrame() && navigations++);
 
+    // unlabelled lists form controls without an accessible name, and buttons without text.
+    const unlabelled = () =>
+      page.evaluate(() =>
+        [...document.querySelectorAll("input, select, textarea, button")]
+          .filter((el) => !(el.closest("[aria-hidden=true]")))
+          .filter((el) => {
+            if (el.getAttribute("aria-label") || el.getAttribute("aria-labelledby") || el.getAttribute("title")) return false;
+            if (el.tagName === "BUTTON") return (el.textContent ?? "").trim() === "";
+            return !(el.labels && el.labels.length > 0 && [...el.labels].some((l) => (l.textContent ?? "").trim() !== ""));
+          })
+          .map((el) => el.outerHTML.slice(0, 120)),
+      );
     const shot = async (name) => {
       await page.waitForTimeout(250); // let transitions settle
+      const bad = await unlabelled();
+      if (bad.length) throw new Error(`controls without a label on ${name}: ${bad.join(" | ")}`);
       await page.screenshot({ path: path.join(shotsDir, `${name}.png`), fullPage: true });
     };
     // go navigates inside the single-page app (a client-side link click, no reload).
@@ -254,8 +268,11 @@ async function main() {
       await page.getByLabel("API key", { exact: true }).fill("cvk_not-a-real-key");
       await page.getByRole("button", { name: "Sign in with API key" }).click();
       await page.getByRole("alert").filter({ hasText: /./ }).first().waitFor(); // a wrong key is refused
-      await page.getByLabel("API key", { exact: true }).fill(bootstrapKey);
-      await page.getByRole("button", { name: "Sign in with API key" }).click();
+      // Keyboard only this time: type the key and submit with Enter.
+      await page.getByLabel("API key", { exact: true }).focus();
+      await page.keyboard.press("Control+A");
+      await page.keyboard.type(bootstrapKey);
+      await page.keyboard.press("Enter");
       await page.getByRole("heading", { name: "Dashboard", level: 1 }).waitFor();
       await shot("02-dashboard");
     });
@@ -379,6 +396,12 @@ async function main() {
       await go("Audit log");
       await page.getByRole("cell", { name: "policy.create" }).first().waitFor();
       await shot("12-audit-log");
+      // Export streams ExportAuditLogs into a file download.
+      const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export CSV" }).click()]);
+      const file = path.join(tmp, download.suggestedFilename());
+      await download.saveAs(file);
+      const csv = readFileSync(file, "utf8");
+      if (!csv.includes("policy.create") || !csv.includes("cvlan.create")) throw new Error(`the CSV export lacks the entries: ${csv.slice(0, 300)}`);
     });
 
     await step("open the topology view", async () => {

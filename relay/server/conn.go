@@ -54,6 +54,9 @@ const (
 	stallAfter   = 20 * time.Millisecond
 	maxSpaceWait = 2 * time.Millisecond
 	waitBudget   = 100 * time.Millisecond
+	// singleFlowRun consecutive packets to one destination make a sender
+	// a single flow, exempt from waitBudget.
+	singleFlowRun = 256
 )
 
 // controlHeadroom is how many control entries may exceed a data queue's bound.
@@ -143,6 +146,7 @@ type conn struct {
 	spaceTimer  *time.Timer
 	waitWindow  time.Time     // start of the current one-second wait budget window
 	waited      time.Duration // waiting spent in the window
+	sameDst     int           // consecutive packets to lastRoute
 
 	// progress is when the writer last wrote (unix nanoseconds).
 	progress atomic.Int64
@@ -414,7 +418,9 @@ func (c *conn) forward(now time.Time, dst frame.Key, buf *bufpool.Buf, plen int)
 		return
 	}
 	r := c.lastRoute
+	c.sameDst++
 	if r == nil || r.key != dst || r.dead.Load() {
+		c.sameDst = 0
 		var reason DropReason
 		r, reason = c.lookup(dst)
 		if r == nil {
@@ -465,7 +471,10 @@ func (c *conn) waitForSpace(now time.Time, dst *conn) {
 	if now.Sub(c.waitWindow) > time.Second {
 		c.waitWindow, c.waited = now, 0
 	}
-	if c.waited >= waitBudget {
+	// The budget protects this sender's traffic to others from one slow
+	// receiver; a sender whose recent packets all go to dst hurts nobody
+	// else by waiting, so it gets TCP-like backpressure instead of drops.
+	if c.waited >= waitBudget && c.sameDst < singleFlowRun {
 		return
 	}
 	if c.spaceTimer == nil {

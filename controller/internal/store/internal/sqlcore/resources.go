@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
@@ -238,10 +239,16 @@ func (tx *Tx) ListUsers(ctx context.Context, f store.UserFilter, o store.ListOpt
 	return users.list(ctx, tx, c, o)
 }
 
-// CreateUser implements store.Tx.
+// CreateUser implements store.Tx. An empty Name is derived from the email's local part.
 func (tx *Tx) CreateUser(ctx context.Context, v *domain.User) error {
 	if v.Status == "" {
 		v.Status = domain.UserActive
+	}
+	if v.Name == "" {
+		v.Name = labelFromEmail(v.Email)
+	}
+	if v.Name == "" {
+		return fmt.Errorf("%w: a user needs a name or an email", domain.ErrInvalid)
 	}
 	return users.insert(ctx, tx, v)
 }
@@ -684,4 +691,16 @@ func (tx *Tx) rewriteData(ctx context.Context, tableName, id string, v any) erro
 		return fmt.Errorf("update %s %s: %w", tableName, id, err)
 	}
 	return nil
+}
+
+// labelFromEmail turns "Jane.Doe+x@example.com" into the DNS label "jane-doe-x".
+func labelFromEmail(email string) string {
+	local, _, _ := strings.Cut(strings.ToLower(email), "@")
+	b := []byte(local)
+	for i, c := range b {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			b[i] = '-'
+		}
+	}
+	return strings.Trim(string(b), "-")
 }

@@ -48,15 +48,14 @@ const backpressureDiv = 2
 // to maxSpaceWait for room instead of dropping: the sender's TCP connection
 // then slows the sender, and the relay stops spending CPU decrypting
 // packets it would drop. A stalled destination (a slow or dead reader) gets
-// no waiting at all, and each sender may spend at most waitBudget per second
-// waiting, so that no receiver can hold a sender's other traffic back for long.
+// no waiting at all, and a sender that talks to several peers may spend at
+// most waitBudget per second waiting, so that no receiver can hold its
+// traffic to others back for long. A client that has only ever sent to one
+// peer has no other traffic to protect and is not budgeted.
 const (
 	stallAfter   = 20 * time.Millisecond
 	maxSpaceWait = 2 * time.Millisecond
 	waitBudget   = 100 * time.Millisecond
-	// singleFlowRun consecutive packets to one destination make a sender
-	// a single flow, exempt from waitBudget.
-	singleFlowRun = 256
 )
 
 // controlHeadroom is how many control entries may exceed a data queue's bound.
@@ -146,7 +145,6 @@ type conn struct {
 	spaceTimer  *time.Timer
 	waitWindow  time.Time     // start of the current one-second wait budget window
 	waited      time.Duration // waiting spent in the window
-	sameDst     int           // consecutive packets to lastRoute
 
 	// progress is when the writer last wrote (unix nanoseconds).
 	progress atomic.Int64
@@ -418,9 +416,7 @@ func (c *conn) forward(now time.Time, dst frame.Key, buf *bufpool.Buf, plen int)
 		return
 	}
 	r := c.lastRoute
-	c.sameDst++
 	if r == nil || r.key != dst || r.dead.Load() {
-		c.sameDst = 0
 		var reason DropReason
 		r, reason = c.lookup(dst)
 		if r == nil {
@@ -472,9 +468,10 @@ func (c *conn) waitForSpace(now time.Time, dst *conn) {
 		c.waitWindow, c.waited = now, 0
 	}
 	// The budget protects this sender's traffic to others from one slow
-	// receiver; a sender whose recent packets all go to dst hurts nobody
-	// else by waiting, so it gets TCP-like backpressure instead of drops.
-	if c.waited >= waitBudget && c.sameDst < singleFlowRun {
+	// receiver. A sender that has only ever sent to dst (a single flow)
+	// hurts nobody else by waiting, so it gets TCP-like backpressure instead
+	// of drops. (Mesh links carry many flows: always budgeted.)
+	if c.waited >= waitBudget && (c.role != roleClient || len(c.sentTo) > 1) {
 		return
 	}
 	if c.spaceTimer == nil {

@@ -342,3 +342,65 @@ func TestAdmissionAllowsReplacement(t *testing.T) {
 		t.Fatal("a different key was admitted past the limit")
 	}
 }
+
+// TestSteadySlowReaderDoesNotHoldBackSendersOtherTraffic: a receiver that
+// keeps reading, but slowly, is "busy", not stalled. A sender that floods
+// it while also talking to b must not have its traffic to b held back for
+// long: waiting for the slow queue is budgeted per second.
+func TestSteadySlowReaderDoesNotHoldBackSendersOtherTraffic(t *testing.T) {
+	e := newEnv(t)
+	r := e.startRelay("r1", nil, func(c *server.Config) { c.SendQueueLen = 32 })
+	a := e.connect(r, "t1", "a", wgKey(1))
+	b := e.connect(r, "t1", "b", wgKey(2))
+	bIn := recvChan(t, b)
+	slowKey := wgKey(9)
+	nc, br, err := upgrade.Dial(context.Background(), r.url, e.tlsFor("t1", "slow", slowKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{}, 2)
+	go func() { // reads about one packet per millisecond, forever
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, 1500)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := io.ReadFull(br, buf); err != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	flood := bytes.Repeat([]byte{1}, 1400)
+	go func() {
+		defer func() { done <- struct{}{} }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = a.c.SendWait(context.Background(), slowKey, flood)
+		}
+	}()
+	t.Cleanup(func() { close(stop); nc.Close(); <-done; <-done })
+	time.Sleep(200 * time.Millisecond) // let the slow queue fill
+	var worst time.Duration
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		if err := a.c.Send(b.key, pkt(i)); err != nil {
+			t.Fatal(err)
+		}
+		expectFrom(t, bIn, a.key, pkt(i), 10*time.Second)
+		worst = max(worst, time.Since(start))
+	}
+	t.Logf("worst latency a->b behind the slow receiver: %v", worst)
+	if worst > 3*time.Second {
+		t.Fatalf("a packet to b took %v behind a slow receiver", worst)
+	}
+}

@@ -23,6 +23,9 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	if h := os.Getenv("CVLAN_TEST_HELPER"); h != "" {
+		os.Exit(helper(h, os.Getenv("CVLAN_TEST_ARG")))
+	}
 	os.Exit(m.Run())
 }
 

@@ -52,9 +52,9 @@ func TestMesh(t *testing.T) {
 			eventually(t, 20*time.Second, from.Enrollment.Identity.GetName()+" -> "+to.Enrollment.Identity.GetName()+" tcp4", func() error {
 				return tcpEcho(from, netip.AddrPortFrom(addr4(to), 7), 2*time.Second)
 			})
-			eventually(t, 5*time.Second, "tcp6", func() error { return tcpEcho(from, netip.AddrPortFrom(addr6(to), 7), 2*time.Second) })
-			eventually(t, 5*time.Second, "ping4", func() error { return ping(from, addr4(to), 2*time.Second) })
-			eventually(t, 5*time.Second, "ping6", func() error { return ping(from, addr6(to), 2*time.Second) })
+			eventually(t, 15*time.Second, "tcp6", func() error { return tcpEcho(from, netip.AddrPortFrom(addr6(to), 7), 2*time.Second) })
+			eventually(t, 15*time.Second, "ping4", func() error { return ping(from, addr4(to), 2*time.Second) })
+			eventually(t, 15*time.Second, "ping6", func() error { return ping(from, addr6(to), 2*time.Second) })
 		}
 	}
 	// Loopback UDP works, so every path ends up direct.

@@ -322,7 +322,7 @@ func (e *Engine) Endpoints() []*nodev1.Endpoint {
 	if pub.IsValid() {
 		out = append(out, &nodev1.Endpoint{Address: pub.String(), Type: nodev1.EndpointType_ENDPOINT_TYPE_STUN})
 	}
-	for _, ap := range localEndpoints(e.bind.LocalAddr()) {
+	for _, ap := range localEndpoints(e.bind.LocalAddr(), e.cfg.Addresses) {
 		if ap != pub {
 			out = append(out, &nodev1.Endpoint{Address: ap.String(), Type: nodev1.EndpointType_ENDPOINT_TYPE_LOCAL})
 		}

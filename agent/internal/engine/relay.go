@@ -86,7 +86,7 @@ func (e *Engine) setRelayMap(rm *nodev1.RelayMap) {
 }
 
 // localEndpoints lists the UDP endpoints at which this node's socket can be reached directly.
-func localEndpoints(bound netip.AddrPort) []netip.AddrPort {
+func localEndpoints(bound netip.AddrPort, overlay []netip.Prefix) []netip.AddrPort {
 	if !bound.IsValid() {
 		return nil
 	}
@@ -108,7 +108,11 @@ func localEndpoints(bound netip.AddrPort) []netip.AddrPort {
 			continue
 		}
 		// Our own overlay addresses are not underlay endpoints.
-		if netip.MustParsePrefix("100.64.0.0/10").Contains(ip) {
+		own := false
+		for _, o := range overlay {
+			own = own || o.Addr() == ip
+		}
+		if own {
 			continue
 		}
 		out = append(out, netip.AddrPortFrom(ip, bound.Port()))

@@ -73,16 +73,26 @@ const (
 // NewController starts a controller on addr (host:port, port 0 picks one). logf receives diagnostics
 // (t.Logf fits); nil discards them.
 func NewController(ca *testpki.CA, addr string, logf func(format string, args ...any)) (*Controller, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return NewControllerOn(ca, ln, logf)
+}
+
+// NewControllerOn serves on ln (for example a socket created inside a network namespace).
+func NewControllerOn(ca *testpki.CA, ln net.Listener, logf func(format string, args ...any)) (*Controller, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
 	c := &Controller{ca: ca, log: logf, nodes: map[string]*node{}, deny: map[[2]string]bool{}, acked: map[string]uint64{}}
-	sc, err := c.ca.ServerCert()
-	if err != nil {
-		return nil, err
+	var extra []net.IP
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && !ta.IP.IsUnspecified() {
+		extra = append(extra, ta.IP)
 	}
-	ln, err := net.Listen("tcp", addr)
+	sc, err := c.ca.ServerCert(extra...)
 	if err != nil {
+		ln.Close()
 		return nil, err
 	}
 	c.addr = ln.Addr().String()
@@ -344,18 +354,29 @@ func (c *Controller) RequestHolePunch(ctx context.Context, r *nodev1.RequestHole
 
 // StartRelay runs a real cvlan-relay server on loopback and returns its relay map and a stop function.
 func StartRelay(ca *testpki.CA, log *slog.Logger) (*nodev1.RelayMap, func(), error) {
+	return StartRelayAt(ca, log, "127.0.0.1:0")
+}
+
+// StartRelayAt runs the relay on addr (an IP address and port).
+func StartRelayAt(ca *testpki.CA, log *slog.Logger, addr string) (*nodev1.RelayMap, func(), error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return StartRelayOn(ca, log, ln)
+}
+
+// StartRelayOn runs the relay on ln.
+func StartRelayOn(ca *testpki.CA, log *slog.Logger, ln net.Listener) (*nodev1.RelayMap, func(), error) {
+	host := ln.Addr().(*net.TCPAddr).IP
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	chain, err := ca.Issue(&key.PublicKey, testpki.Leaf{ID: identity.ID{TrustDomain: identity.DefaultTrustDomain, Kind: identity.KindRelay, ResourceID: "r1"},
-		IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}})
+		IPs: []net.IP{net.IPv4(127, 0, 0, 1), host}, DNSNames: []string{"localhost"}})
 	if err != nil {
 		return nil, nil, err
 	}
 	srv, err := relayserver.New(relayserver.Config{Certificate: relayserver.StaticCertificate{Cert: &tls.Certificate{Certificate: chain, PrivateKey: key}},
 		Roots: ca.Pool(), RelayID: "r1", Region: "test", Logger: log, RateLimitBytes: -1})
-	if err != nil {
-		return nil, nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}

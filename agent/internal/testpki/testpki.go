@@ -126,13 +126,13 @@ func (c *CA) IssueCSR(csrDER []byte, l Leaf) ([][]byte, error) {
 	return c.Issue(csr.PublicKey, l)
 }
 
-// ServerCert returns a TLS server certificate for loopback.
-func (c *CA) ServerCert() (tls.Certificate, error) {
+// ServerCert returns a TLS server certificate for loopback and the extra addresses.
+func (c *CA) ServerCert(extra ...net.IP) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
-	chain, err := c.Issue(&key.PublicKey, Leaf{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}})
+	chain, err := c.Issue(&key.PublicKey, Leaf{DNSNames: []string{"localhost"}, IPs: append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, extra...)})
 	if err != nil {
 		return tls.Certificate{}, err
 	}

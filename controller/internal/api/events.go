@@ -144,6 +144,11 @@ func (h *hub) deliver(ctx context.Context) error {
 		}
 		h.mu.Lock()
 		for _, e := range evs {
+			// A stopping follower and its successor may briefly both deliver: never twice.
+			if e.ID <= h.cursor {
+				continue
+			}
+			h.cursor = e.ID
 			for s := range h.subs {
 				select {
 				case s.ch <- e:
@@ -154,7 +159,6 @@ func (h *hub) deliver(ctx context.Context) error {
 				}
 			}
 		}
-		h.cursor = evs[len(evs)-1].ID
 		h.mu.Unlock()
 	}
 }

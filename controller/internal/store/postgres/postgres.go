@@ -107,8 +107,24 @@ var dialect = sqlcore.Dialect{
 	},
 	IsUnique:      func(err error) bool { return pgCode(err) == "23505" },
 	IsForeignKey:  func(err error) bool { return pgCode(err) == "23503" },
-	BeforeChanges: "SELECT pg_advisory_xact_lock(" + strconv.Itoa(feedLockKey) + ")",
-	AfterChanges:  "SELECT pg_notify('" + Channel + "', '')",
+	InsertChanges: insertChanges,
+	// Lock the cvlan only: locking the tenant too would serialise every cvlan of a tenant.
+	LockCvlan: `SELECT c.id, c.version, c.data, c.ipv4_next, t.data FROM cvlans c
+		JOIN tenants t ON t.id = c.tenant_id WHERE c.id = ? AND c.tenant_id = ? FOR UPDATE OF c`,
+}
+
+// insertChanges is one statement (one round trip, right before commit) that takes the feed's
+// advisory transaction lock, inserts n change rows and queues the NOTIFY (delivered at commit).
+// The lock is held until commit, so change ids become visible in id order: a reader never
+// sees id N+1 while N is still uncommitted. The join with the lock's CTE makes PostgreSQL take
+// the lock before the first row (and its identity value) is produced.
+func insertChanges(n int) string {
+	return "WITH feed_lock AS MATERIALIZED (SELECT pg_advisory_xact_lock(" + strconv.Itoa(feedLockKey) + ")), " +
+		"ins AS (INSERT INTO change_events (tenant_id, resource_type, resource_id, op, version, time) " +
+		"SELECT v.* FROM feed_lock, (VALUES " +
+		strings.TrimSuffix(strings.Repeat("(?::text, ?::text, ?::text, ?::text, ?::bigint, ?::bigint), ", n), ", ") +
+		") AS v (tenant_id, resource_type, resource_id, op, version, time)) " +
+		"SELECT pg_notify('" + Channel + "', '')"
 }
 
 // Open migrates the database and connects the pool.
@@ -190,6 +206,17 @@ func migrate(ctx context.Context, dsn, appRole string, log *slog.Logger) error {
 	return nil
 }
 
+// safeID reports whether id has only the characters of a UUID (or is empty).
+func safeID(id string) bool {
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && c != '-' {
+			return false
+		}
+	}
+	return len(id) <= 64
+}
+
 // Close implements store.Store.
 func (s *Store) Close() error {
 	s.mu.Lock()
@@ -218,11 +245,21 @@ func (s *Store) run(ctx context.Context, scope store.Scope, readOnly bool, fn fu
 	if err := scope.Validate(); err != nil {
 		return err
 	}
-	opts := pgx.TxOptions{}
-	if readOnly {
-		opts.AccessMode = pgx.ReadOnly
+	if !safeID(scope.TenantID) {
+		return fmt.Errorf("%w: malformed tenant id %q", domain.ErrInvalid, scope.TenantID)
 	}
-	ptx, err := s.pool.BeginTx(ctx, opts)
+	// BEGIN and the scope settings travel in one round trip (simple protocol, so the tenant id
+	// is inlined: safeID admits only UUID characters).
+	all := "off"
+	if scope.All {
+		all = "on"
+	}
+	mode := "READ WRITE"
+	if readOnly {
+		mode = "READ ONLY"
+	}
+	ptx, err := s.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: "BEGIN ISOLATION LEVEL READ COMMITTED " + mode +
+		"; SELECT set_config('cloudvlan.tenant_id', '" + scope.TenantID + "', true), set_config('cloudvlan.all_tenants', '" + all + "', true)"})
 	if err != nil {
 		return fmt.Errorf("postgres: begin: %w", err)
 	}
@@ -236,14 +273,6 @@ func (s *Store) run(ctx context.Context, scope store.Scope, readOnly bool, fn fu
 			cancel()
 		}
 	}()
-	all := "off"
-	if scope.All {
-		all = "on"
-	}
-	if _, err := ptx.Exec(ctx, "SELECT set_config('cloudvlan.tenant_id', $1, true), set_config('cloudvlan.all_tenants', $2, true)",
-		scope.TenantID, all); err != nil {
-		return fmt.Errorf("postgres: set scope: %w", err)
-	}
 	tx := sqlcore.NewTx(querier{ptx}, &dialect, scope, readOnly, s.now)
 	if err := fn(tx); err != nil {
 		return err

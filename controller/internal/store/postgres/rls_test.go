@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -286,5 +287,13 @@ func TestRebind(t *testing.T) {
 		if got := rebind(tt.in); got != tt.want {
 			t.Errorf("rebind(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+func TestMalformedTenantID(t *testing.T) {
+	s, _ := openStore(t)
+	err := s.ReadTx(t.Context(), store.TenantScope("x'; DROP TABLE nodes; --"), func(store.Tx) error { return nil })
+	if !errors.Is(err, domain.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
 	}
 }

@@ -76,6 +76,8 @@ var dialect = sqlcore.Dialect{
 		return c == codeConstraintUnique || c == codeConstraintPrimaryKey
 	},
 	IsForeignKey: func(err error) bool { return sqliteCode(err) == codeConstraintForeignKey },
+	LockCvlan: `SELECT c.id, c.version, c.data, c.ipv4_next, t.data FROM cvlans c
+		JOIN tenants t ON t.id = c.tenant_id WHERE c.id = ? AND c.tenant_id = ?`,
 }
 
 func dsn(path string, busy time.Duration, readOnly bool) string {

@@ -56,6 +56,12 @@ type Dialect struct {
 	BeforeChanges string
 	// AfterChanges runs after change events are inserted (PostgreSQL: pg_notify).
 	AfterChanges string
+	// InsertChanges, when set, returns one statement that does BeforeChanges, the insert of n
+	// change rows (6 placeholders each) and AfterChanges in one round trip.
+	InsertChanges func(n int) string
+	// LockCvlan returns the query the allocator uses to read and lock a cvlan row together
+	// with its tenant's data (locking only the cvlan).
+	LockCvlan string
 }
 
 // NewID returns a new resource id: a UUIDv7 (time-ordered, so id order is creation order and
@@ -105,11 +111,6 @@ func (tx *Tx) FlushChanges(ctx context.Context) error {
 	if len(tx.changes) == 0 {
 		return nil
 	}
-	if tx.d.BeforeChanges != "" {
-		if _, err := tx.exec(ctx, tx.d.BeforeChanges); err != nil {
-			return fmt.Errorf("lock change feed: %w", err)
-		}
-	}
 	for rest := tx.changes; len(rest) > 0; {
 		chunk := rest[:min(len(rest), insertRows)]
 		rest = rest[len(chunk):]
@@ -117,15 +118,26 @@ func (tx *Tx) FlushChanges(ctx context.Context) error {
 		for _, c := range chunk {
 			args = append(args, nullable(c.TenantID), c.ResourceType, c.ResourceID, string(c.Op), c.Version, micros(c.Time))
 		}
+		if tx.d.InsertChanges != nil {
+			if _, err := tx.exec(ctx, tx.d.InsertChanges(len(chunk)), args...); err != nil {
+				return fmt.Errorf("append change events: %w", err)
+			}
+			continue
+		}
+		if tx.d.BeforeChanges != "" {
+			if _, err := tx.exec(ctx, tx.d.BeforeChanges); err != nil {
+				return fmt.Errorf("lock change feed: %w", err)
+			}
+		}
 		q := "INSERT INTO change_events (tenant_id, resource_type, resource_id, op, version, time) VALUES " +
 			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", len(chunk)), ", ")
 		if _, err := tx.exec(ctx, q, args...); err != nil {
 			return fmt.Errorf("append change events: %w", err)
 		}
-	}
-	if tx.d.AfterChanges != "" {
-		if _, err := tx.exec(ctx, tx.d.AfterChanges); err != nil {
-			return fmt.Errorf("notify change feed: %w", err)
+		if tx.d.AfterChanges != "" {
+			if _, err := tx.exec(ctx, tx.d.AfterChanges); err != nil {
+				return fmt.Errorf("notify change feed: %w", err)
+			}
 		}
 	}
 	return nil

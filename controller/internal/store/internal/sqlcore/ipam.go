@@ -234,23 +234,6 @@ func (tx *Tx) CreateNodes(ctx context.Context, vs []*domain.Node) error {
 		}
 		return nodes.insertMany(ctx, tx, vs)
 	}
-	// Lock order everywhere: tenant row, then cvlan row.
-	t, err := tenants.getBy(ctx, tx, tid, false, eq("id", tid))
-	if err != nil {
-		return err
-	}
-	if t.MaxNodes > 0 {
-		if _, err := tenants.getBy(ctx, tx, tid, true, eq("id", tid)); err != nil {
-			return err
-		}
-		n, _, err := tx.queryInt64(ctx, "SELECT count(*) FROM nodes WHERE tenant_id = ?", tid)
-		if err != nil {
-			return fmt.Errorf("count nodes: %w", err)
-		}
-		if n+int64(len(vs)) > int64(t.MaxNodes) {
-			return fmt.Errorf("tenant %s has %d of %d nodes: %w", tid, n, t.MaxNodes, domain.ErrExhausted)
-		}
-	}
 	if cvlanID == "" {
 		for _, v := range vs {
 			if v.Kind != domain.NodeKindRelay {
@@ -258,10 +241,21 @@ func (tx *Tx) CreateNodes(ctx context.Context, vs []*domain.Node) error {
 			}
 			v.IPv4Address, v.IPv6Address = netip.Addr{}, netip.Addr{}
 		}
+		t, err := tenants.getBy(ctx, tx, tid, false, eq("id", tid))
+		if err != nil {
+			return err
+		}
+		if err := tx.checkMaxNodes(ctx, t, len(vs)); err != nil {
+			return err
+		}
 		return nodes.insertMany(ctx, tx, vs)
 	}
-	cv, hint, err := tx.lockCvlan(ctx, tid, cvlanID)
+	// Lock order: the cvlan row, then (only with a node limit) the tenant row.
+	cv, hint, t, err := tx.lockCvlan(ctx, tid, cvlanID)
 	if err != nil {
+		return err
+	}
+	if err := tx.checkMaxNodes(ctx, t, len(vs)); err != nil {
 		return err
 	}
 	first, last := ipam.UsableRange(cv.IPv4CIDR)
@@ -301,36 +295,59 @@ func (tx *Tx) CreateNodes(ctx context.Context, vs []*domain.Node) error {
 	return nodes.insertMany(ctx, tx, vs)
 }
 
-// lockCvlan reads the cvlan and its allocator hint, locking the row (PostgreSQL; SQLite has one
-// writer) so that allocation in one cvlan is serialised across transactions and processes.
-func (tx *Tx) lockCvlan(ctx context.Context, tenantID, id string) (*domain.Cvlan, int64, error) {
-	w, args := where([]cond{eq("id", id), eq("tenant_id", tenantID)})
-	rows, err := tx.query(ctx, "SELECT "+metaCols+", ipv4_next FROM cvlans"+w+tx.d.ForUpdate, args...)
+// checkMaxNodes fails with ErrExhausted when adding n nodes would exceed the tenant's limit. It
+// locks the tenant row first, so that concurrent creators in different cvlans count one after
+// another.
+func (tx *Tx) checkMaxNodes(ctx context.Context, t *domain.Tenant, n int) error {
+	if t.MaxNodes <= 0 {
+		return nil
+	}
+	if _, err := tenants.getBy(ctx, tx, t.ID, true, eq("id", t.ID)); err != nil {
+		return err
+	}
+	have, _, err := tx.queryInt64(ctx, "SELECT count(*) FROM nodes WHERE tenant_id = ?", t.ID)
 	if err != nil {
-		return nil, 0, fmt.Errorf("lock cvlan: %w", err)
+		return fmt.Errorf("count nodes: %w", err)
+	}
+	if have+int64(n) > int64(t.MaxNodes) {
+		return fmt.Errorf("tenant %s has %d of %d nodes: %w", t.ID, have, t.MaxNodes, domain.ErrExhausted)
+	}
+	return nil
+}
+
+// lockCvlan reads the cvlan, its allocator hint and its tenant in one query, locking the cvlan
+// row (PostgreSQL; SQLite has one writer) so that allocation in one cvlan is serialised across
+// transactions and processes.
+func (tx *Tx) lockCvlan(ctx context.Context, tenantID, id string) (*domain.Cvlan, int64, *domain.Tenant, error) {
+	rows, err := tx.query(ctx, tx.d.LockCvlan, id, tenantID)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("lock cvlan: %w", err)
 	}
 	defer rows.Close()
 	if !rows.Next() {
 		if err := rows.Err(); err != nil {
-			return nil, 0, fmt.Errorf("lock cvlan: %w", err)
+			return nil, 0, nil, fmt.Errorf("lock cvlan: %w", err)
 		}
-		return nil, 0, fmt.Errorf("cvlan %s: %w", id, domain.ErrNotFound)
+		return nil, 0, nil, fmt.Errorf("cvlan %s: %w", id, domain.ErrNotFound)
 	}
 	var (
-		cid             string
-		version, ct, ut int64
-		data            []byte
-		hint            int64
+		cid        string
+		version    int64
+		data, tdat []byte
+		hint       int64
 	)
-	if err := rows.Scan(&cid, &version, &ct, &ut, &data, &hint); err != nil {
-		return nil, 0, fmt.Errorf("lock cvlan: %w", err)
+	if err := rows.Scan(&cid, &version, &data, &hint, &tdat); err != nil {
+		return nil, 0, nil, fmt.Errorf("lock cvlan: %w", err)
 	}
-	cv := &domain.Cvlan{}
+	cv, t := &domain.Cvlan{}, &domain.Tenant{}
 	if err := jsonUnmarshal(data, cv); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	cv.ID, cv.Version = cid, version
-	return cv, hint, rows.Err()
+	if err := jsonUnmarshal(tdat, t); err != nil {
+		return nil, 0, nil, err
+	}
+	cv.ID, cv.Version, t.ID = cid, version, tenantID
+	return cv, hint, t, rows.Err()
 }
 
 // allocate finds n free usable indices, the first at or after hint, wrapping around once, so

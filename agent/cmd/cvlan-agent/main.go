@@ -117,7 +117,8 @@ func up(ctx context.Context, args []string, stderr io.Writer) error {
 	tunName := fs.String("tun", "cvlan0", "TUN device name")
 	listenPort := fs.Uint("listen-port", 0, "WireGuard UDP port (0 picks one)")
 	listenIP := fs.String("listen-ip", "", "bind the WireGuard socket to this address (default: all)")
-	dnsListen := fs.String("dns-listen", "127.0.0.53:53", "TUN mode: mesh DNS resolver address (empty disables)")
+	// Not 127.0.0.53 or .54: systemd-resolved owns those.
+	dnsListen := fs.String("dns-listen", "127.0.0.153:53", "TUN mode: mesh DNS resolver address (empty disables)")
 	adminAddr := fs.String("admin-addr", "127.0.0.1:9091", "gRPC health endpoint (loopback)")
 	name := fs.String("name", "", "node name requested at enrollment (default: host name)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")

@@ -61,6 +61,20 @@ func helper(mode, arg string) int {
 			return 1
 		}
 		return 0
+	case "dns":
+		// The agent's resolver in TUN mode, on its default local address.
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "udp", "127.0.0.153:53")
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		addrs, err := r.LookupHost(ctx, arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println(strings.Join(addrs, " "))
+		return 0
 	case "ping":
 		pc, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 		if err != nil {
@@ -280,6 +294,11 @@ func TestNetNamespaces(t *testing.T) {
 				eventuallyNS(30*time.Second, "reach", func() error { return reach(from, fmt.Sprintf("100.64.0.%d", to+1)) })
 			}
 		}
+	}
+	dnsCmd := exec.Command("ip", "netns", "exec", nss[0], os.Args[0])
+	dnsCmd.Env = append(os.Environ(), "CVLAN_TEST_HELPER=dns", "CVLAN_TEST_ARG=node3."+testctl.Domain)
+	if out, err := dnsCmd.Output(); err != nil || !strings.Contains(string(out), "100.64.0.3") {
+		t.Fatalf("mesh DNS in TUN mode: %q %v", out, err)
 	}
 	path := func(dir, peer string) string {
 		s, err := readStatus(dir)

@@ -1,9 +1,10 @@
 import { useMutation, useQuery } from "@connectrpc/connect-query";
 import { useState } from "react";
+import { RegionService } from "../../../gen/ts/cloudvlan/v1/region_pb";
 import { RelayService } from "../../../gen/ts/cloudvlan/v1/relay_pb";
 import { pick, violationsOf, type FieldErrors } from "../api/errors";
 import { formatBytes, relativeTime } from "../api/format";
-import { nameMap, useRegions } from "../api/hooks";
+import { nameMap, useRegions, useRelays } from "../api/hooks";
 import { RelayStatusBadge } from "../components/badges";
 import { ConfirmButton, Dialog, Field, FormErrors, MutationError, PageHeader, QueryView, splitList } from "../components/ui";
 
@@ -55,7 +56,69 @@ export function RelaysPage() {
         )}
       </QueryView>
       <CreateRelayDialog open={open} onClose={() => setOpen(false)} />
+      <Regions />
     </>
+  );
+}
+
+/** Regions lists the deployment's regions (relays and vrouters are placed in one). */
+function Regions() {
+  const regions = useRegions();
+  const relays = useRelays();
+  const del = useMutation(RegionService.method.deleteRegion);
+  const [f, setF] = useState({ name: "", code: "" });
+  const [errors, setErrors] = useState<FieldErrors>({});
+  const create = useMutation(RegionService.method.createRegion, {
+    onSuccess: () => {
+      setF({ name: "", code: "" });
+      setErrors({});
+    },
+    onError: (e) => setErrors(violationsOf(e, "region.")),
+  });
+  return (
+    <section className="panel" aria-labelledby="regions">
+      <h2 id="regions">Regions</h2>
+      <MutationError error={del.error} />
+      <QueryView query={regions} isEmpty={(d) => d.regions.length === 0} empty="No regions yet: create one before adding relays or vrouters.">
+        {(d) => (
+          <table className="table">
+            <thead>
+              <tr><th scope="col">Region</th><th scope="col">Code</th><th scope="col">Relays</th><th scope="col"><span className="sr-only">Actions</span></th></tr>
+            </thead>
+            <tbody>
+              {d.regions.map((r) => (
+                <tr key={r.id}>
+                  <td><strong>{r.name}</strong>{r.description && <div className="muted small">{r.description}</div>}</td>
+                  <td><code>{r.code}</code></td>
+                  <td>{relays.data ? relays.data.relays.filter((x) => x.regionId === r.id).length : "…"}</td>
+                  <td className="row-actions"><ConfirmButton label="Delete" danger onConfirm={() => del.mutate({ id: r.id, etag: r.etag })} /></td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </QueryView>
+      <form
+        className="inline-form"
+        aria-label="Create region"
+        onSubmit={(e) => {
+          e.preventDefault();
+          setErrors({});
+          create.mutate({ region: { name: f.name.trim(), code: f.code.trim() } });
+        }}
+      >
+        <Field label="Region name" errors={pick(errors, "name")}>
+          {(p) => <input {...p} value={f.name} onChange={(e) => setF({ ...f, name: e.target.value })} placeholder="eu-west" />}
+        </Field>
+        <Field label="Code" errors={pick(errors, "code")}>
+          {(p) => <input {...p} value={f.code} onChange={(e) => setF({ ...f, code: e.target.value })} placeholder="ams" />}
+        </Field>
+        <button type="submit" className="btn" disabled={create.isPending || !f.name.trim()}>
+          Create region
+        </button>
+      </form>
+      <FormErrors errors={errors} placed={["name", "code"]} error={create.error} />
+    </section>
   );
 }
 

@@ -1,11 +1,11 @@
 import { useMutation, useQuery } from "@connectrpc/connect-query";
 import { Fragment, useState } from "react";
-import { IkeVersionSchema, VRouterService } from "../../../gen/ts/cloudvlan/v1/vrouter_pb";
+import { IkeVersion, IkeVersionSchema, VRouterService, type VRouter, type VRouterConnection } from "../../../gen/ts/cloudvlan/v1/vrouter_pb";
 import { pick, violationsOf, type FieldErrors } from "../api/errors";
-import { enumLabel, formatBytes, relativeTime } from "../api/format";
+import { enumLabel, enumOptions, formatBytes, relativeTime } from "../api/format";
 import { nameMap, useCvlans, useRegions } from "../api/hooks";
 import { ConnectionStatusBadge, VRouterStatusBadge } from "../components/badges";
-import { ConfirmButton, Dialog, Empty, Field, FormErrors, MutationError, PageHeader, QueryView } from "../components/ui";
+import { ConfirmButton, Dialog, Empty, Field, FormErrors, MutationError, PageHeader, QueryView, splitList } from "../components/ui";
 
 /** VRoutersPage lists IPsec concentrators and their connections to legacy devices. */
 export function VRoutersPage() {
@@ -60,6 +60,7 @@ export function VRoutersPage() {
                   {expanded === v.id && (
                     <tr id={`conn-${v.id}`}>
                       <td colSpan={8}>
+                        <ConnectionsEditor vrouter={v} />
                         {v.connections.length === 0 ? (
                           <Empty>No IPsec connections configured.</Empty>
                         ) : (
@@ -69,6 +70,7 @@ export function VRoutersPage() {
                               <tr>
                                 <th scope="col">Name</th><th scope="col">Remote</th><th scope="col">Subnets (local ⇄ remote)</th>
                                 <th scope="col">IKE</th><th scope="col">Status</th><th scope="col">In / out</th><th scope="col">Changed</th>
+                                <th scope="col"><span className="sr-only">Actions</span></th>
                               </tr>
                             </thead>
                             <tbody>
@@ -81,6 +83,9 @@ export function VRoutersPage() {
                                   <td><ConnectionStatusBadge status={c.status} />{c.error && <div className="field-error small">{c.error}</div>}</td>
                                   <td>{formatBytes(c.bytesIn)} / {formatBytes(c.bytesOut)}</td>
                                   <td>{relativeTime(c.lastChangeTime)}</td>
+                                  <td className="row-actions">
+                                    <RemoveConnection vrouter={v} name={c.name} />
+                                  </td>
                                 </tr>
                               ))}
                             </tbody>
@@ -145,5 +150,121 @@ function CreateVRouterDialog(props: { open: boolean; onClose: () => void }) {
         </div>
       </form>
     </Dialog>
+  );
+}
+
+// keep copies a connection for an update: only its configuration (the key stays empty, which
+// keeps the stored one).
+function keep(c: VRouterConnection) {
+  return {
+    name: c.name,
+    remoteAddress: c.remoteAddress,
+    localSubnets: c.localSubnets,
+    remoteSubnets: c.remoteSubnets,
+    ikeVersion: c.ikeVersion,
+    remoteId: c.remoteId,
+    ikeProposal: c.ikeProposal,
+    espProposal: c.espProposal,
+  };
+}
+
+function RemoveConnection(props: { vrouter: VRouter; name: string }) {
+  const update = useMutation(VRouterService.method.updateVRouter);
+  const v = props.vrouter;
+  return (
+    <>
+      <ConfirmButton
+        label="Remove"
+        danger
+        onConfirm={() =>
+          update.mutate({
+            vrouter: { id: v.id, etag: v.etag, connections: v.connections.filter((c) => c.name !== props.name).map(keep) },
+            updateMask: { paths: ["connections"] },
+          })
+        }
+      />
+      <MutationError error={update.error} />
+    </>
+  );
+}
+
+const emptyConn = { name: "", remoteAddress: "", localSubnets: "", remoteSubnets: "", ikeVersion: IkeVersion.IKEV2, psk: "" };
+
+/** ConnectionsEditor adds an IPsec connection to a vrouter (UpdateVRouter on "connections"). */
+function ConnectionsEditor({ vrouter: v }: { vrouter: VRouter }) {
+  const [f, setF] = useState(emptyConn);
+  const [errors, setErrors] = useState<FieldErrors>({});
+  const update = useMutation(VRouterService.method.updateVRouter, {
+    onSuccess: () => {
+      setF(emptyConn);
+      setErrors({});
+    },
+    onError: (e) => setErrors(violationsOf(e, "vrouter.")),
+  });
+  const n = v.connections.length;
+  const at = (field: string) => pick(errors, `connections[${n}].${field}`);
+  return (
+    <details className="add-connection">
+      <summary>Add a connection</summary>
+      <form
+        onSubmit={(e) => {
+          e.preventDefault();
+          setErrors({});
+          update.mutate({
+            vrouter: {
+              id: v.id,
+              etag: v.etag,
+              connections: [
+                ...v.connections.map(keep),
+                {
+                  name: f.name.trim(),
+                  remoteAddress: f.remoteAddress.trim(),
+                  localSubnets: splitList(f.localSubnets),
+                  remoteSubnets: splitList(f.remoteSubnets),
+                  ikeVersion: f.ikeVersion,
+                  preSharedKey: f.psk,
+                },
+              ],
+            },
+            updateMask: { paths: ["connections"] },
+          });
+        }}
+      >
+        <div className="row">
+          <Field label="Connection name" errors={at("name")}>
+            {(p) => <input {...p} value={f.name} onChange={(e) => setF({ ...f, name: e.target.value })} />}
+          </Field>
+          <Field label="Remote address" errors={at("remote_address")} hint="The device's public IP or name.">
+            {(p) => <input {...p} value={f.remoteAddress} onChange={(e) => setF({ ...f, remoteAddress: e.target.value })} />}
+          </Field>
+          <Field label="IKE version" errors={at("ike_version")}>
+            {(p) => (
+              <select {...p} value={f.ikeVersion} onChange={(e) => setF({ ...f, ikeVersion: Number(e.target.value) as IkeVersion })}>
+                {enumOptions(IkeVersionSchema).map((o) => <option key={o.value} value={o.value}>{o.label}</option>)}
+              </select>
+            )}
+          </Field>
+        </div>
+        <div className="row">
+          <Field label="Local subnets" errors={at("local_subnets")} hint="Mesh side, CIDRs separated by commas.">
+            {(p) => <input {...p} value={f.localSubnets} onChange={(e) => setF({ ...f, localSubnets: e.target.value })} />}
+          </Field>
+          <Field label="Remote subnets" errors={at("remote_subnets")} hint="Behind the device.">
+            {(p) => <input {...p} value={f.remoteSubnets} onChange={(e) => setF({ ...f, remoteSubnets: e.target.value })} />}
+          </Field>
+          <Field label="Pre-shared key" errors={at("pre_shared_key")} hint="16 to 256 characters; never shown again.">
+            {(p) => <input {...p} type="password" autoComplete="new-password" value={f.psk} onChange={(e) => setF({ ...f, psk: e.target.value })} />}
+          </Field>
+        </div>
+        <FormErrors
+          errors={errors}
+          placed={["name", "remote_address", "ike_version", "local_subnets", "remote_subnets", "pre_shared_key"].map((x) => `connections[${n}].${x}`)}
+          error={update.error}
+        />
+        <button type="submit" className="btn btn-primary" disabled={update.isPending}>
+          Add connection
+        </button>
+      </form>
+    </details>
   );
 }

@@ -86,6 +86,7 @@ func TestMesh(t *testing.T) {
 
 	// Policy: alpha refuses bravo. Bravo can no longer reach alpha (within a second or so of the
 	// change reaching it); charlie still can, and alpha can still open connections to bravo.
+	denyAt := time.Now()
 	m.ctl.SetDeny("n2", "n1", true)
 	eventually(t, 10*time.Second, "bravo cut from alpha", func() error {
 		if err := tcpEcho(b, netip.AddrPortFrom(addr4(a), 7), 700*time.Millisecond); err == nil {
@@ -93,6 +94,7 @@ func TestMesh(t *testing.T) {
 		}
 		return nil
 	})
+	t.Logf("deny observed %v after the policy change (including one 700 ms probe)", time.Since(denyAt).Round(time.Millisecond))
 	if err := ping(b, addr4(a), time.Second); err == nil {
 		t.Fatal("bravo's ping reached alpha after the deny")
 	}

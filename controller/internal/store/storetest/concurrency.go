@@ -439,6 +439,14 @@ func testChangeFeed(t *testing.T, h Harness) {
 		if got.Version != 1 || !got.LastSeenTime.Equal(seen.UTC().Truncate(time.Microsecond)) {
 			return fmt.Errorf("touched node: version %d, last seen %v", got.Version, got.LastSeenTime)
 		}
+		// An update from a copy read before the heartbeat keeps the later last-seen time.
+		hb.Description = "edited"
+		if err := tx.UpdateNode(c, hb); err != nil {
+			return err
+		}
+		if !hb.LastSeenTime.Equal(got.LastSeenTime) {
+			return fmt.Errorf("update lost the heartbeat: %v", hb.LastSeenTime)
+		}
 		p, err := tx.ListNodes(c, store.NodeFilter{LastSeenBefore: time.Now().Add(-time.Minute)}, store.ListOptions{})
 		if err == nil && (len(p.Items) != 1 || p.Items[0].ID != hb.ID) {
 			err = fmt.Errorf("last-seen filter: %v", names(p))

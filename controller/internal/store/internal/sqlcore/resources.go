@@ -41,6 +41,8 @@ var nodes = &table[domain.Node, *domain.Node]{
 	},
 	keep: func(old, upd *domain.Node) {
 		upd.CvlanID, upd.IPv4Address, upd.IPv6Address = old.CvlanID, old.IPv4Address, old.IPv6Address
+		// TouchNode may have recorded a later heartbeat since the caller read the node.
+		upd.LastSeenTime = later(old.LastSeenTime, upd.LastSeenTime)
 	},
 }
 
@@ -126,7 +128,10 @@ var apiKeys = &table[domain.APIKey, *domain.APIKey]{
 	tenant: func(v *domain.APIKey) *string { return &v.TenantID },
 	cols:   []string{"name", "hash", "revoked"},
 	vals:   func(v *domain.APIKey) []any { return []any{v.Name, v.Hash, v.Revoked} },
-	keep:   func(old, upd *domain.APIKey) { upd.Hash, upd.Prefix = old.Hash, old.Prefix },
+	keep: func(old, upd *domain.APIKey) {
+		upd.Hash, upd.Prefix = old.Hash, old.Prefix
+		upd.LastUsedTime = later(old.LastUsedTime, upd.LastUsedTime)
+	},
 }
 
 var joinTokens = &table[domain.JoinToken, *domain.JoinToken]{
@@ -146,6 +151,13 @@ var sessions = &table[domain.Session, *domain.Session]{
 	tenant: func(v *domain.Session) *string { return &v.TenantID },
 	cols:   []string{"user_id", "hash", "expire_time"},
 	vals:   func(v *domain.Session) []any { return []any{v.UserID, v.Hash, micros(v.ExpireTime)} },
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func eq(col string, v any) cond { return cond{col + " = ?", []any{v}} }

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/pressly/goose/v3"
@@ -110,6 +111,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	// The database holds credentials of vrouters and TURN servers: owner-only access. SQLite
+	// gives its -wal and -shm files the database file's permissions.
+	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: create %s: %w", cfg.Path, err)
+	}
+	f.Close()
 	w, err := sql.Open("sqlite", dsn(cfg.Path, cfg.BusyTimeout, false))
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", cfg.Path, err)

@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"log/slog"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -46,4 +47,11 @@ func TestReopenKeepsData(t *testing.T) {
 	// Opening runs the migrations once; a second open finds them applied.
 	s.Close()
 	open(t, p)
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("database file mode = %v, want 0600", st.Mode().Perm())
+	}
 }

@@ -48,6 +48,14 @@ func testCreateNodesBulk(t *testing.T, h Harness) {
 		return err
 	})
 	must(t, s, f.scope, func(tx store.Tx) error { return tx.CreateNodes(c, big[:9]) })
+	// An explicit address and automatic ones in one batch do not collide.
+	f2 := newTenant(t, s, "bulk2", "10.4.0.0/29")
+	mixed := []*domain.Node{f2.node("m0"), f2.node("m1"), f2.node("m2")}
+	mixed[2].IPv4Address = netip.MustParseAddr("10.4.0.2")
+	must(t, s, f2.scope, func(tx store.Tx) error { return tx.CreateNodes(c, mixed) })
+	if got := []string{mixed[0].IPv4Address.String(), mixed[1].IPv4Address.String()}; got[0] != "10.4.0.1" || got[1] != "10.4.0.3" {
+		t.Fatalf("mixed batch got %v, want .1 and .3 around the explicit .2", got)
+	}
 	// A taken name fails the whole batch.
 	must(t, s, f.scope, func(tx store.Tx) error { return tx.DeleteNode(c, batch[0].ID, 0) })
 	err = s.Tx(c, f.scope, func(tx store.Tx) error { return tx.CreateNodes(c, []*domain.Node{f.node("b01")}) })

@@ -273,14 +273,27 @@ func (tx *Tx) CreateNodes(ctx context.Context, vs []*domain.Node) error {
 		idxs[i] = idx
 	}
 	if len(auto) > 0 {
-		free, err := tx.allocate(ctx, cv, first, last, hint, len(auto))
+		// Explicit addresses of this batch are not in the table yet: ask for enough candidates
+		// to skip them.
+		reserved := map[int64]bool{}
+		for i, v := range vs {
+			if v.IPv4Address.IsValid() {
+				reserved[idxs[i]] = true
+			}
+		}
+		free, err := tx.allocate(ctx, cv, first, last, hint, len(auto)+len(reserved))
 		if err != nil {
 			return err
 		}
-		for k, i := range auto {
+		k := 0
+		for _, i := range auto {
+			for reserved[free[k]] {
+				k++
+			}
 			idxs[i] = free[k]
+			k++
 		}
-		if _, err := tx.exec(ctx, "UPDATE cvlans SET ipv4_next = ? WHERE id = ?", free[len(free)-1]+1, cv.ID); err != nil {
+		if _, err := tx.exec(ctx, "UPDATE cvlans SET ipv4_next = ? WHERE id = ?", idxs[auto[len(auto)-1]]+1, cv.ID); err != nil {
 			return fmt.Errorf("advance allocator: %w", err)
 		}
 	}

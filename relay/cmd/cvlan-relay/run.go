@@ -35,6 +35,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("cvlan-relay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	o.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.certFile == "" || o.keyFile == "" || o.caFile == "" {
+		return o, errors.New("--cert, --key and --ca are required (or enroll: cvlan-relay up --controller URL --token cvj_...)")
+	}
+	return o, nil
+}
+
+// addFlags declares the data-path flags shared by the file mode and `up`.
+func (o *options) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.listen, "listen", ":443", "TLS address for clients and mesh peers (HTTP upgrade at /relay, health at /healthz)")
 	fs.StringVar(&o.stunListen, "stun-listen", ":3478", "UDP address of the STUN responder (empty disables it)")
 	fs.StringVar(&o.adminListen, "admin-listen", "127.0.0.1:9090", "plain HTTP address for /metrics, /healthz and gRPC health (empty disables it)")
@@ -59,16 +74,6 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.statsInterval, "stats-interval", 30*time.Second, "how often stats go to the stats reporter")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
-	if err := fs.Parse(args); err != nil {
-		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if o.certFile == "" || o.keyFile == "" || o.caFile == "" {
-		return o, errors.New("--cert, --key and --ca are required")
-	}
-	return o, nil
 }
 
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
@@ -119,6 +124,9 @@ func (r logReporter) Report(_ context.Context, st server.Stats) error {
 
 // run is main without the process: flags in, error out, until ctx is done.
 func run(ctx context.Context, args []string, stderr io.Writer, hooks *Hooks) error {
+	if len(args) > 0 && args[0] == "up" {
+		return up(ctx, args[1:], stderr)
+	}
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
@@ -127,6 +135,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, hooks *Hooks) err
 	if err != nil {
 		return err
 	}
+	return serve(ctx, o, log, hooks)
+}
+
+// serve runs the relay with parsed options until ctx is done.
+func serve(ctx context.Context, o options, log *slog.Logger, hooks *Hooks) error {
 	if hooks == nil {
 		hooks = &Hooks{}
 	}

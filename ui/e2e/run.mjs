@@ -294,6 +294,17 @@ async function main() {
       await shot("03-cvlans");
     });
 
+    await step("create a tag (join tokens and policies refer to it)", async () => {
+      await go("Groups & tags");
+      await page.getByRole("button", { name: "Create tag" }).click();
+      const dialog = page.getByRole("dialog", { name: "Create tag" });
+      await dialog.getByLabel("Name", { exact: true }).fill("e2e");
+      await dialog.getByLabel("Description").fill("Machines enrolled by the end-to-end test");
+      await dialog.getByRole("button", { name: "Create" }).click();
+      await dialog.waitFor({ state: "hidden" });
+      await page.getByRole("cell", { name: /e2e/ }).first().waitFor();
+    });
+
     let secret;
     await step("create a join token", async () => {
       await go("Join tokens");
@@ -356,17 +367,6 @@ async function main() {
       await page.getByRole("heading", { name: "Summary" }).waitFor();
       await shot("08-node-detail");
     }, "enroll");
-
-    await step("create a tag", async () => {
-      await go("Groups & tags");
-      await page.getByRole("button", { name: "Create tag" }).click();
-      const dialog = page.getByRole("dialog", { name: "Create tag" });
-      await dialog.getByLabel("Name", { exact: true }).fill("e2e");
-      await dialog.getByLabel("Description").fill("Machines enrolled by the end-to-end test");
-      await dialog.getByRole("button", { name: "Create" }).click();
-      await dialog.waitFor({ state: "hidden" });
-      await page.getByRole("cell", { name: /e2e/ }).first().waitFor();
-    });
 
     await step("write a policy (the server's validation errors show on the field)", async () => {
       await go("Policies");

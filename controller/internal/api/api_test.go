@@ -859,3 +859,39 @@ func TestBootstrapOnceAndKeys(t *testing.T) {
 		t.Fatalf("unknown key: %v", err)
 	}
 }
+
+func TestDeleteTenant(t *testing.T) {
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			ctx := context.Background()
+			rev := &revocations{ch: make(chan string, 4)}
+			e := newEnvWith(t, openStore(t, kind), &Deps{Revoker: rev})
+			tid := e.newTenant(t, "doomed")
+			c := e.clients(e.keyFor(t, tid, domain.RoleTenantAdmin), false)
+			cv, err := c.cvlan.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{Cvlan: &v1.Cvlan{Name: "net"}}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sp, err := c.node.CreateStaticPeer(ctx, connect.NewRequest(&v1.CreateStaticPeerRequest{CvlanId: cv.Msg.GetCvlan().GetId(), Name: "p"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			admin := e.clients(e.admin, true)
+			if _, err := admin.tenant.DeleteTenant(ctx, connect.NewRequest(&v1.DeleteTenantRequest{Id: tid})); code(err) != connect.CodeFailedPrecondition {
+				t.Fatalf("delete without force: %v", err)
+			}
+			if _, err := admin.tenant.DeleteTenant(ctx, connect.NewRequest(&v1.DeleteTenantRequest{Id: e.sysTID, Force: true})); code(err) != connect.CodeFailedPrecondition {
+				t.Fatalf("deleting the system tenant: %v", err)
+			}
+			if _, err := admin.tenant.DeleteTenant(ctx, connect.NewRequest(&v1.DeleteTenantRequest{Id: tid, Force: true})); err != nil {
+				t.Fatal(err)
+			}
+			if got := <-rev.ch; got != sp.Msg.GetNode().GetId() {
+				t.Fatalf("revoked %s", got)
+			}
+			if _, err := admin.tenant.GetTenant(ctx, connect.NewRequest(&v1.GetTenantRequest{Id: tid})); code(err) != connect.CodeNotFound {
+				t.Fatalf("deleted tenant: %v", err)
+			}
+		})
+	}
+}

@@ -52,7 +52,7 @@ func (s *server) audit(ctx context.Context, tx store.Tx, action, rtype, id strin
 		// super_admin reads them.
 		if rtype == domain.ResourceTenant {
 			e.TenantID = id
-		} else if sys, err := s.systemTenant(ctx); err == nil {
+		} else if sys, err := systemTenantIn(ctx, tx); err == nil {
 			e.TenantID = sys
 		}
 	}
@@ -238,4 +238,19 @@ func (s *server) ExportAuditLogs(ctx context.Context, req *connect.Request[v1.Ex
 		tok = page.NextPageToken
 	}
 	return flush(true)
+}
+
+// systemTenantIn finds the system tenant with the caller's all-tenants transaction (a second
+// transaction inside it could deadlock SQLite's single writer).
+func systemTenantIn(ctx context.Context, tx store.Tx) (string, error) {
+	p, err := tx.ListTenants(ctx, store.TenantFilter{NamePrefix: auth.SystemTenantName}, store.ListOptions{PageSize: 10})
+	if err != nil {
+		return "", err
+	}
+	for _, t := range p.Items {
+		if t.Name == auth.SystemTenantName {
+			return t.ID, nil
+		}
+	}
+	return "", domain.ErrNotFound
 }

@@ -36,22 +36,16 @@ func (s *server) GetTenant(ctx context.Context, req *connect.Request[v1.GetTenan
 	if err != nil {
 		return nil, err
 	}
-	var out *v1.Tenant
-	err = s.read(ctx, scope, func(tx store.Tx) error {
-		t, err := tx.GetTenant(ctx, req.Msg.GetId())
-		if err != nil {
-			return err
-		}
-		used, err := s.countNodes(ctx, t.ID, store.NodeFilter{})
-		if err != nil {
-			return err
-		}
-		out = tenantPB(t, int32(used))
-		return nil
-	})
-	if err != nil {
+	var t *domain.Tenant
+	if err := s.read(ctx, scope, func(tx store.Tx) (err error) { t, err = tx.GetTenant(ctx, req.Msg.GetId()); return }); err != nil {
 		return nil, err
 	}
+	// Counted in a transaction of its own (tenant scope), never nested in another one.
+	used, err := s.countNodes(ctx, t.ID, store.NodeFilter{})
+	if err != nil {
+		return nil, s.toConnect(ctx, err)
+	}
+	out := tenantPB(t, int32(used))
 	return connect.NewResponse(&v1.GetTenantResponse{Tenant: out}), nil
 }
 
@@ -165,10 +159,32 @@ func (s *server) DeleteTenant(ctx context.Context, req *connect.Request[v1.Delet
 	if err == nil && sys == m.GetId() {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the system tenant cannot be deleted"))
 	}
+	var nodeIDs []string
+	if m.GetForce() {
+		// The tenant's node identities are revoked once the delete commits; listed first in the
+		// tenant's own scope (a node enrolled in between is deleted with the tenant anyway).
+		if err := s.read(ctx, store.TenantScope(m.GetId()), func(tx store.Tx) error {
+			return eachPage(func(tok string) (string, error) {
+				p, err := tx.ListNodes(ctx, store.NodeFilter{}, store.ListOptions{PageSize: store.MaxPageSize, PageToken: tok})
+				if err != nil {
+					return "", err
+				}
+				for _, n := range p.Items {
+					nodeIDs = append(nodeIDs, n.ID)
+				}
+				return p.NextPageToken, nil
+			})
+		}); err != nil {
+			return nil, err
+		}
+	}
 	_, err = doDelete(ctx, s, store.AllTenants(), m.GetId(), m.GetEtag(), "tenant.delete", domain.ResourceTenant,
 		store.Tx.GetTenant, func(tx store.Tx, id string, v int64) error { return tx.DeleteTenant(ctx, id, v, m.GetForce()) }, tenantPB0)
 	if err != nil {
 		return nil, err
+	}
+	for _, id := range nodeIDs {
+		s.revokeNode(ctx, m.GetId(), id)
 	}
 	return connect.NewResponse(&v1.DeleteTenantResponse{}), nil
 }

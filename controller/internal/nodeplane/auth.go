@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
+	"weak"
 
 	"connectrpc.com/connect"
 
@@ -155,7 +157,19 @@ func (p *Plane) authenticate(ctx context.Context) (context.Context, error) {
 	if ci == nil || ci.tls == nil {
 		return ctx, unauthenticated("a client certificate issued by this controller is required")
 	}
-	peer, err := p.verifier.VerifyConnection(ci.tls)
+	var (
+		peer pki.Peer
+		err  error
+	)
+	if leaf := firstCert(ci.tls.PeerCertificates); leaf != nil {
+		if cp, ok := p.verified.get(leaf); ok && p.now().Before(cp.NotAfter) {
+			peer = cp
+		} else if peer, err = p.verifier.VerifyConnection(ci.tls); err == nil {
+			p.verified.put(leaf, peer)
+		}
+	} else {
+		peer, err = p.verifier.VerifyConnection(ci.tls)
+	}
 	if errors.Is(err, pki.ErrCertificateExpired) {
 		peer, err = p.extended(ci.tls.PeerCertificates)
 	}
@@ -167,6 +181,52 @@ func (p *Plane) authenticate(ctx context.Context) (context.Context, error) {
 		return ctx, err
 	}
 	return context.WithValue(ctx, callerKey{}, c), nil
+}
+
+func firstCert(cs []*x509.Certificate) *x509.Certificate {
+	if len(cs) == 0 {
+		return nil
+	}
+	return cs[0]
+}
+
+// verifiedConns remembers the verified identity of each connection's client certificate: every
+// call on a connection presents the same parsed certificate, and verifying its chain (two ECDSA
+// signature checks) on every acknowledgement and report was the node port's largest CPU cost. The
+// entry is dropped with the certificate (when the connection is gone); expiry and revocation are
+// still checked on every call.
+type verifiedConns struct {
+	mu sync.Mutex
+	m  map[weak.Pointer[x509.Certificate]]pki.Peer
+}
+
+func (v *verifiedConns) get(leaf *x509.Certificate) (pki.Peer, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	p, ok := v.m[weak.Make(leaf)]
+	return p, ok
+}
+
+func (v *verifiedConns) put(leaf *x509.Certificate, p pki.Peer) {
+	wp := weak.Make(leaf)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil {
+		v.m = map[weak.Pointer[x509.Certificate]]pki.Peer{}
+	}
+	if _, ok := v.m[wp]; ok {
+		return
+	}
+	// The cached Peer must not keep the certificate alive, or the entry would never go.
+	p.Leaf = nil
+	v.m[wp] = p
+	runtime.AddCleanup(leaf, v.drop, wp)
+}
+
+func (v *verifiedConns) drop(wp weak.Pointer[x509.Certificate]) {
+	v.mu.Lock()
+	delete(v.m, wp)
+	v.mu.Unlock()
 }
 
 // extended accepts a connection whose handshake certificate has expired since, when the same

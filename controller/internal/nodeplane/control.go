@@ -140,7 +140,7 @@ func (ms *mapStream) initial(known uint64) error {
 	// Deltas after the snapshot's version arrive through the queue as well.
 	ds = slices.DeleteFunc(slices.Clone(ds), func(d *netmap.Delta) bool { return d.Version > snap.Version })
 	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)
-	m := convert.Snapshot(&snap, nw, convert.Peer)
+	m := convert.Snapshot(&snap, nw, ms.p.peers.Get)
 	ms.mu.Lock()
 	ms.mirror.ApplySnapshot(m)
 	ms.epoch, ms.version, ms.sentAt = snap.Epoch, snap.Version, time.Now()
@@ -149,7 +149,7 @@ func (ms *mapStream) initial(known uint64) error {
 		// Already current: a heartbeat tells the agent the stream is up.
 		return ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}})
 	}
-	d, ok := convert.Merge(ds, nw, convert.Peer)
+	d, ok := convert.Merge(ds, nw, ms.p.peers.Get)
 	if !ok {
 		return ms.sendSnapshot()
 	}
@@ -169,7 +169,7 @@ func (ms *mapStream) sendSnapshot() error {
 		return ms.snapshotErr(err)
 	}
 	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)
-	m := convert.Snapshot(&snap, nw, convert.Peer)
+	m := convert.Snapshot(&snap, nw, ms.p.peers.Get)
 	ms.mu.Lock()
 	ms.mirror.ApplySnapshot(m)
 	ms.epoch, ms.version, ms.sentAt, ms.pendingMarked = snap.Epoch, snap.Version, time.Now(), false
@@ -238,10 +238,7 @@ func (ms *mapStream) flush() error {
 	ms.mu.Lock()
 	epoch, version := ms.epoch, ms.version
 	ms.mu.Unlock()
-	var (
-		ds     []*netmap.Delta
-		caches []convert.PeerCache
-	)
+	var ds []*netmap.Delta
 	for _, it := range items {
 		if it.Delta.Resync {
 			return ms.sendSnapshot()
@@ -250,9 +247,6 @@ func (ms *mapStream) flush() error {
 			continue // already in what the agent was sent
 		}
 		ds = append(ds, it.Delta)
-		if len(caches) == 0 || !sameCache(caches[len(caches)-1], it.Peers) {
-			caches = append(caches, it.Peers)
-		}
 	}
 	if len(ds) == 0 {
 		return nil
@@ -261,14 +255,7 @@ func (ms *mapStream) flush() error {
 		return ms.sendSnapshot()
 	}
 	_, nw, _ := ms.p.loader.Network(ms.sub.NodeID)
-	d, ok := convert.Merge(ds, nw, func(p *netmap.Peer) *nodev1.Peer {
-		for _, c := range caches {
-			if m, ok := c[p]; ok {
-				return m
-			}
-		}
-		return convert.Peer(p)
-	})
+	d, ok := convert.Merge(ds, nw, ms.p.peers.Get)
 	if !ok {
 		return ms.sendSnapshot()
 	}
@@ -283,19 +270,6 @@ func (ms *mapStream) flush() error {
 		return ms.sendSnapshot()
 	}
 	return ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_Delta{Delta: d}})
-}
-
-func sameCache(a, b convert.PeerCache) bool {
-	// Caches are maps made per batch; comparing one entry's identity is enough to tell them apart
-	// cheaply, and a false "different" only costs a second lookup.
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		_, ok := b[k]
-		return ok
-	}
-	return true
 }
 
 // judge compares an acknowledgement with what this stream sent. ok is false when the version is

@@ -25,6 +25,7 @@ import (
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/netmap"
+	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/convert"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/fanout"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/mapsync"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
@@ -150,13 +151,15 @@ type Plane struct {
 	server   *pki.ServerCert
 	validate protovalidate.Validator
 
-	engine *netmap.Engine
-	loader *mapsync.Loader
-	hub    *fanout.Hub
-	reg    *registry
-	status *statusWriter
-	admit  *admission
-	enroll *enrollLimiter
+	engine   *netmap.Engine
+	peers    convert.SharedPeers
+	loader   *mapsync.Loader
+	hub      *fanout.Hub
+	reg      *registry
+	verified verifiedConns
+	status   *statusWriter
+	admit    *admission
+	enroll   *enrollLimiter
 
 	relays   resourceCache[domainRelay]
 	vrouters resourceCache[domainVRouter]

@@ -6,8 +6,11 @@ package convert
 import (
 	"encoding/base64"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"weak"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/netmap"
 	"github.com/cloudvlan/cloudvlan/controller/internal/policy"
@@ -26,6 +29,52 @@ type Network struct {
 
 // PeerFunc returns the message of an engine peer.
 type PeerFunc func(*netmap.Peer) *nodev1.Peer
+
+// SharedPeers converts each engine peer once for the whole replica: the engine shares one immutable
+// *netmap.Peer between every snapshot and delta that lists it, so keying by (weak) pointer lets all
+// streams, snapshots included, hold one message per peer instead of one per view. An entry goes
+// when the engine drops the peer (a cleanup on the engine's value), so the cache never outgrows
+// the engine. Safe for concurrent use.
+type SharedPeers struct {
+	mu sync.Mutex
+	m  map[weak.Pointer[netmap.Peer]]*nodev1.Peer
+}
+
+// Get returns the message for p.
+func (s *SharedPeers) Get(p *netmap.Peer) *nodev1.Peer {
+	wp := weak.Make(p)
+	s.mu.Lock()
+	if m, ok := s.m[wp]; ok {
+		s.mu.Unlock()
+		return m
+	}
+	s.mu.Unlock()
+	m := Peer(p)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.m[wp]; ok {
+		return old
+	}
+	if s.m == nil {
+		s.m = make(map[weak.Pointer[netmap.Peer]]*nodev1.Peer)
+	}
+	s.m[wp] = m
+	runtime.AddCleanup(p, s.drop, wp)
+	return m
+}
+
+func (s *SharedPeers) drop(wp weak.Pointer[netmap.Peer]) {
+	s.mu.Lock()
+	delete(s.m, wp)
+	s.mu.Unlock()
+}
+
+// Len returns the number of cached peers.
+func (s *SharedPeers) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}
 
 // PeerCache converts each engine peer once: the engine shares one *netmap.Peer between every delta
 // and snapshot that lists it, so keying by pointer lets thousands of streams share one message.

@@ -8,17 +8,14 @@ import (
 	"sync"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/netmap"
-	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane/convert"
 )
 
 // DefaultQueueLen is the queue bound per stream when Hub is built with 0.
 const DefaultQueueLen = 64
 
-// Item is one queued delta with the converted peers of the batch it came in, shared read-only by
-// every stream of the batch.
+// Item is one queued delta.
 type Item struct {
 	Delta *netmap.Delta
-	Peers convert.PeerCache
 }
 
 // Sub is one open stream of a node.
@@ -188,18 +185,16 @@ func (h *Hub) Remove(s *Sub) (left []*Sub) {
 	return append([]*Sub(nil), list...)
 }
 
-// Deliver queues each delta on its node's streams. Peers are converted once for the whole batch.
+// Deliver queues each delta on its node's streams.
 func (h *Hub) Deliver(ds []*netmap.Delta) {
 	if len(ds) == 0 {
 		return
 	}
-	cache := make(convert.PeerCache)
-	cache.Fill(ds)
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for _, d := range ds {
 		for _, s := range h.subs[d.NodeID] {
-			s.push(Item{Delta: d, Peers: cache})
+			s.push(Item{Delta: d})
 		}
 	}
 }

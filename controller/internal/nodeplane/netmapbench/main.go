@@ -32,6 +32,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +51,8 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/store/sqlite"
 )
 
+var memProfile string
+
 func main() {
 	var (
 		worker    = flag.String("worker", "", "internal: run as an agent worker with this input file")
@@ -58,6 +62,8 @@ func main() {
 		idle      = flag.Duration("idle", 10*time.Second, "idle CPU measurement window")
 		timeout   = flag.Duration("timeout", 20*time.Minute, "bound on the whole run")
 	)
+	cpuProfile := flag.String("cpuprofile", "", "write the controller process's CPU profile to this file")
+	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file")
 	flag.Parse()
 	if *worker != "" {
 		if err := runWorker(*worker); err != nil {
@@ -65,6 +71,12 @@ func main() {
 			os.Exit(1)
 		}
 		return
+	}
+	if *cpuProfile != "" {
+		if f, err := os.Create(*cpuProfile); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -372,7 +384,10 @@ func rss() int64 {
 }
 
 func heap() int64 {
+	// Twice: the first GC shrinks goroutine stacks that grew once and are mostly unused now.
 	runtime.GC()
+	runtime.GC()
+	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return int64(ms.HeapInuse + ms.StackInuse)
@@ -488,6 +503,18 @@ func runN(ctx context.Context, n, perWorker, servers int, idle time.Duration) (*
 		ws = append(ws, w)
 	}
 	r.workers = len(ws)
+	progress := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-progress:
+				return
+			case <-time.After(5 * time.Second):
+				fmt.Fprintf(os.Stderr, "  ... %s: %d streams open\n", time.Since(t).Round(time.Second), c.plane.Streams())
+			}
+		}
+	}()
+	defer close(progress)
 	for _, w := range ws {
 		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		_, err := w.wait(wctx, "ready")
@@ -503,6 +530,12 @@ func runN(ctx context.Context, n, perWorker, servers int, idle time.Duration) (*
 	r.heapPerAgent = float64(heap()-baseHeap) / float64(n)
 	r.rssPerAgent = float64(rss()-baseRSS) / float64(n)
 	r.controllerGoroutines, r.controllerSockets = runtime.NumGoroutine(), sockets()
+	if memProfile != "" {
+		if f, err := os.Create(memProfile); err == nil {
+			_ = pprof.WriteHeapProfile(f)
+			_ = f.Close()
+		}
+	}
 	cpu0, t0 := cpuTime(), time.Now()
 	time.Sleep(idle)
 	r.idleCPU = float64(cpuTime()-cpu0) / float64(time.Since(t0))

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -121,6 +122,9 @@ func runWorker(file string) error {
 			grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }),
 			grpc.WithWriteBufferSize(8<<10), grpc.WithReadBufferSize(8<<10),
+			// grpc's own reconnect backoff (default 1 s growing to 120 s) would dominate the
+			// restart measurement; agents should reconnect as fast as the controller admits them.
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}, MinConnectTimeout: 5 * time.Second}),
 		)
 		if err != nil {
 			return err
@@ -218,7 +222,7 @@ func (a *simAgent) run(ctx context.Context, delay time.Duration) {
 
 func (a *simAgent) once(ctx context.Context) (retryAfter time.Duration, progressed bool) {
 	var trailer metadata.MD
-	s, err := a.ctl.WatchNetworkMap(ctx, &nodev1.WatchNetworkMapRequest{KnownVersion: a.st.Version(), SessionId: a.session}, grpc.Trailer(&trailer))
+	s, err := a.ctl.WatchNetworkMap(ctx, &nodev1.WatchNetworkMapRequest{KnownVersion: a.st.Version(), SessionId: a.session}, grpc.Trailer(&trailer), grpc.WaitForReady(true))
 	if err != nil {
 		return 0, false
 	}

@@ -118,10 +118,28 @@ func sh(t *testing.T, args ...string) {
 // listenIn creates a TCP listener inside a network namespace: a socket stays in the namespace it was
 // created in, so only the creating thread has to switch.
 func listenIn(ns, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
+	var ln net.Listener
+	err := inNetns(ns, func() (err error) { ln, err = net.Listen("tcp", addr); return err })
+	return ln, err
+}
+
+// listenUDPIn is listenIn for UDP.
+func listenUDPIn(ns, addr string) (*net.UDPConn, error) {
+	var pc *net.UDPConn
+	err := inNetns(ns, func() error {
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return err
+		}
+		pc, err = net.ListenUDP("udp", ua)
+		return err
+	})
+	return pc, err
+}
+
+// inNetns runs f on a thread switched into the namespace ns.
+func inNetns(ns string, f func() error) error {
+	type result struct{ err error }
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread is discarded if restoring fails
@@ -141,16 +159,15 @@ func listenIn(ns, addr string) (net.Listener, error) {
 			ch <- result{err: fmt.Errorf("setns: %w", err)}
 			return
 		}
-		ln, lerr := net.Listen("tcp", addr)
+		ferr := f()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			ch <- result{err: fmt.Errorf("setns back: %w", err)}
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{ln, lerr}
+		ch <- result{ferr}
 	}()
-	r := <-ch
-	return r.ln, r.err
+	return (<-ch).err
 }
 
 // TestNetNamespaces runs three agents with real TUN devices in three network namespaces joined by a
@@ -208,7 +225,11 @@ func TestNetNamespaces(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rm, stopRelay, err := testctl.StartRelayOn(ca, nil, relayLn)
+	stunPC, err := listenUDPIn(hub, "10.77.0.1:3478")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm, stopRelay, err := testctl.StartRelayOn(ca, nil, relayLn, stunPC)
 	if err != nil {
 		t.Fatal(err)
 	}

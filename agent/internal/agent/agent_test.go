@@ -19,6 +19,7 @@ import (
 
 	"github.com/cloudvlan/cloudvlan/agent/internal/state"
 	"github.com/cloudvlan/cloudvlan/agent/internal/testctl"
+	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
 
 func TestMain(m *testing.M) {
@@ -69,6 +70,11 @@ func TestMesh(t *testing.T) {
 			return len(ps) == 2
 		})
 	}
+	// The public endpoint was learned with STUN against the relay (on loopback it is the socket itself).
+	waitFor(t, 10*time.Second, "STUN endpoint", func() bool {
+		eps := a.Engine.Endpoints()
+		return len(eps) > 0 && eps[0].GetType() == nodev1.EndpointType_ENDPOINT_TYPE_STUN && eps[0].GetAddress() == a.Engine.Bind().LocalAddr().String()
+	})
 	// Every node acknowledged its latest version with the controller's hash.
 	waitFor(t, 10*time.Second, "acks in sync", func() bool { return a.Client.InSync() && b.Client.InSync() && c.Client.InSync() })
 

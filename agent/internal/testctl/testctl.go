@@ -32,6 +32,7 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 	relayserver "github.com/cloudvlan/cloudvlan/relay/server"
+	"github.com/cloudvlan/cloudvlan/relay/stun"
 )
 
 // Controller is a real gRPC server on real mTLS playing the controller's node port: it enrolls
@@ -363,11 +364,16 @@ func StartRelayAt(ca *testpki.CA, log *slog.Logger, addr string) (*nodev1.RelayM
 	if err != nil {
 		return nil, nil, err
 	}
-	return StartRelayOn(ca, log, ln)
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: ln.Addr().(*net.TCPAddr).IP})
+	if err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
+	return StartRelayOn(ca, log, ln, pc)
 }
 
-// StartRelayOn runs the relay on ln.
-func StartRelayOn(ca *testpki.CA, log *slog.Logger, ln net.Listener) (*nodev1.RelayMap, func(), error) {
+// StartRelayOn runs the relay on ln, and its STUN responder on pc unless pc is nil.
+func StartRelayOn(ca *testpki.CA, log *slog.Logger, ln net.Listener, pc *net.UDPConn) (*nodev1.RelayMap, func(), error) {
 	host := ln.Addr().(*net.TCPAddr).IP
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	chain, err := ca.Issue(&key.PublicKey, testpki.Leaf{ID: identity.ID{TrustDomain: identity.DefaultTrustDomain, Kind: identity.KindRelay, ResourceID: "r1"},
@@ -381,9 +387,23 @@ func StartRelayOn(ca *testpki.CA, log *slog.Logger, ln net.Listener) (*nodev1.Re
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
 	go func() { done <- srv.Run(ctx, ln) }()
-	stop := func() { cancel(); <-done }
-	return &nodev1.RelayMap{Regions: []*nodev1.RelayRegion{{RegionId: "reg1", Code: "test", Relays: []*nodev1.RelayNode{{
-		RelayId: "r1", Hostname: "localhost", Url: "https://" + ln.Addr().String() + "/relay"}}}}}, stop, nil
+	node := &nodev1.RelayNode{RelayId: "r1", Hostname: "localhost", Url: "https://" + ln.Addr().String() + "/relay"}
+	waits := 1
+	if pc != nil {
+		waits++
+		node.StunAddress = pc.LocalAddr().String()
+		go func() { done <- stun.Serve(ctx, pc, log) }()
+	}
+	stop := func() {
+		cancel()
+		for range waits {
+			<-done
+		}
+		if pc != nil {
+			pc.Close()
+		}
+	}
+	return &nodev1.RelayMap{Regions: []*nodev1.RelayRegion{{RegionId: "reg1", Code: "test", Relays: []*nodev1.RelayNode{node}}}}, stop, nil
 }

@@ -117,7 +117,9 @@ func TestSystem(t *testing.T) {
 	t.Log("step 2 passed: relay enrolled, ONLINE with stats")
 
 	// Step 3: a cvlan with an allow-all policy, and three agents in netstack mode.
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod"}}))
+	// The DNS domain is set because a fresh tenant has none, and without a domain the controller
+	// gives nodes no names at all (netmap's fqdn is empty), so mesh DNS could not be tested.
+	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "acme.test"}}))
 	if err != nil {
 		t.Fatalf("step 3 CreateCvlan: %v", err)
 	}

@@ -61,6 +61,8 @@ type proc struct {
 	cmd  *exec.Cmd
 	out  *syncBuffer
 	done chan error
+	// ended is set by stop and kill (test goroutine only), so cleanup does not signal twice.
+	ended bool
 }
 
 // start runs a binary until the test ends (SIGTERM, then kill) and logs its output if the test failed.
@@ -91,9 +93,10 @@ func start(t *testing.T, name, bin string, args ...string) *proc {
 
 // stop ends the process with SIGTERM (kill after 15 s); it is idempotent.
 func (p *proc) stop() {
-	if p.cmd.ProcessState != nil {
+	if p.ended {
 		return
 	}
+	p.ended = true
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-p.done:
@@ -105,6 +108,10 @@ func (p *proc) stop() {
 
 // kill ends the process with SIGKILL, the way a crash would.
 func (p *proc) kill() {
+	if p.ended {
+		return
+	}
+	p.ended = true
 	_ = p.cmd.Process.Kill()
 	err := <-p.done
 	p.done <- err

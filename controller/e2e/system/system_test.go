@@ -93,21 +93,32 @@ func TestSystem(t *testing.T) {
 
 	// Step 2: cvlan-relay up enrolls with it and reports; the relay turns ONLINE with its stats.
 	relayState := filepath.Join(t.TempDir(), "relay")
-	start(t, "relay", relayBin, "up", "--controller", "https://"+nodeAddr, "--token", rt.Msg.GetSecret(),
-		"--controller-ca", rootCA, "--state-dir", relayState, "--listen", relayAddr, "--stun-listen", "127.0.0.1:0",
-		"--admin-listen", "")
-	err = eventually(30*time.Second, func() error {
-		r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
-		if err != nil {
-			return err
-		}
-		if r.Msg.GetRelay().GetStatus() != v1.RelayStatus_RELAY_STATUS_ONLINE || r.Msg.GetRelay().GetStats() == nil {
-			return fmt.Errorf("relay status %v stats %v", r.Msg.GetRelay().GetStatus(), r.Msg.GetRelay().GetStats())
-		}
-		return nil
-	})
-	if err != nil {
+	relayArgs := []string{"up", "--controller", "https://" + nodeAddr, "--controller-ca", rootCA, "--state-dir", relayState,
+		"--listen", relayAddr, "--stun-listen", "127.0.0.1:0", "--admin-listen", ""}
+	rp := start(t, "relay", relayBin, append(relayArgs, "--token", rt.Msg.GetSecret())...)
+	var lastSeen time.Time
+	online := func(after time.Time) error {
+		return eventually(30*time.Second, func() error {
+			r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
+			if err != nil {
+				return err
+			}
+			rl := r.Msg.GetRelay()
+			if rl.GetStatus() != v1.RelayStatus_RELAY_STATUS_ONLINE || rl.GetStats() == nil || !rl.GetLastSeenTime().AsTime().After(after) {
+				return fmt.Errorf("relay status %v stats %v last seen %v", rl.GetStatus(), rl.GetStats(), rl.GetLastSeenTime().AsTime())
+			}
+			lastSeen = rl.GetLastSeenTime().AsTime()
+			return nil
+		})
+	}
+	if err := online(time.Time{}); err != nil {
 		t.Fatalf("step 2 relay ONLINE with stats via GetRelay: %v", err)
+	}
+	// A restart reuses the saved identity: no token (it was single-use anyway).
+	rp.stop()
+	start(t, "relay (restarted)", relayBin, relayArgs...)
+	if err := online(lastSeen); err != nil {
+		t.Fatalf("step 2 relay restarted from its state dir reports again: %v", err)
 	}
 	for _, f := range []string{"relay.key", "relay.crt", "root.pem", "identity.json"} {
 		if st, err := os.Stat(filepath.Join(relayState, f)); err != nil || st.Mode().Perm() != 0o600 {

@@ -796,10 +796,17 @@ func engineNode(n *domain.Node, ti *tenantInfo) netmap.Node {
 }
 
 // networkOf returns what the views of a cvlan need.
+// DefaultDNSDomain is the mesh DNS domain of a cvlan whose cvlan and tenant name none.
+const DefaultDNSDomain = "cloudvlan.internal"
+
 func networkOf(c *domain.Cvlan, ts domain.TenantSettings) (convert.Network, netmap.NetworkConfig) {
 	domainName := c.DNSDomain
 	if domainName == "" {
 		domainName = ts.DNSDomain
+	}
+	if domainName == "" {
+		// Mesh names work on a fresh tenant too: <node>.<cvlan>.cloudvlan.internal.
+		domainName = DefaultDNSDomain
 	}
 	dns := &nodev1.DnsConfig{Domain: domainName}
 	for _, r := range c.SplitDNS {

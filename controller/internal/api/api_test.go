@@ -127,12 +127,16 @@ func TestResourceLifecycle(t *testing.T) {
 					Destinations: []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Tag{Tag: "web"}}},
 					Protocol:     v1.Protocol_PROTOCOL_TCP, Ports: []*v1.PortRange{{First: 443}},
 				}
-				pr, err := c.policy.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{Policy: &v1.Policy{Name: "devs-to-web", Enabled: true, Rules: []*v1.PolicyRule{rule}}}))
+				pr, err := c.policy.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{Policy: &v1.Policy{Name: "devs-to-web", Enabled: true, Priority: 100, Rules: []*v1.PolicyRule{rule}}}))
 				if err != nil {
 					t.Fatal(err)
 				}
 				if len(pr.Msg.GetPolicy().GetRules()) != 1 {
 					t.Fatalf("policy %v", pr.Msg.GetPolicy())
+				}
+				got, err := c.policy.GetPolicy(ctx, connect.NewRequest(&v1.GetPolicyRequest{Id: pr.Msg.GetPolicy().GetId()}))
+				if err != nil || got.Msg.GetPolicy().GetPriority() != 100 {
+					t.Fatalf("GetPolicy priority = %d (err %v), want 100 as created", got.Msg.GetPolicy().GetPriority(), err)
 				}
 				bad := &v1.PolicyRule{
 					Action: v1.PolicyAction_POLICY_ACTION_ALLOW, Protocol: v1.Protocol_PROTOCOL_ANY,

@@ -284,7 +284,7 @@ func policyPB(p *domain.Policy) *v1.Policy {
 	out := &v1.Policy{
 		Id: p.ID, TenantId: p.TenantID, Name: p.Name, Description: p.Description,
 		CreateTime: ts(p.CreateTime), UpdateTime: ts(p.UpdateTime), Etag: etag(p.Meta),
-		CvlanId: p.CvlanID, Enabled: p.Enabled,
+		CvlanId: p.CvlanID, Enabled: p.Enabled, Priority: p.Priority,
 	}
 	for _, r := range p.Rules {
 		pr := &v1.PolicyRule{
@@ -324,7 +324,7 @@ func targetPB(t domain.PolicyTarget) *v1.PolicyTarget {
 }
 
 func policyDomain(p *v1.Policy) (*domain.Policy, error) {
-	out := &domain.Policy{Name: p.GetName(), Description: p.GetDescription(), CvlanID: p.GetCvlanId(), Enabled: p.GetEnabled()}
+	out := &domain.Policy{Name: p.GetName(), Description: p.GetDescription(), CvlanID: p.GetCvlanId(), Enabled: p.GetEnabled(), Priority: p.GetPriority()}
 	for _, r := range p.GetRules() {
 		dr := domain.PolicyRule{
 			Name: r.GetName(), Description: r.GetDescription(),

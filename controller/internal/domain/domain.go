@@ -277,9 +277,11 @@ type Policy struct {
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
 	// CvlanID limits the policy to one cvlan; empty means every cvlan of the tenant.
-	CvlanID string       `json:"cvlan_id,omitempty"`
-	Enabled bool         `json:"enabled"`
-	Rules   []PolicyRule `json:"rules,omitempty"`
+	CvlanID string `json:"cvlan_id,omitempty"`
+	Enabled bool   `json:"enabled"`
+	// Priority orders the policy's rules in compiled output (lower first); deny still wins.
+	Priority int32        `json:"priority,omitempty"`
+	Rules    []PolicyRule `json:"rules,omitempty"`
 }
 
 // PolicyAction is what a rule does with matching traffic.

@@ -865,9 +865,9 @@ func targetOf(t domain.PolicyTarget) policy.Target {
 	return policy.Target{}
 }
 
-// policyOf converts a stored policy; Priority is its position by name, which only orders output.
+// policyOf converts a stored policy; Priority only orders output (deny wins regardless).
 func policyOf(p *domain.Policy) policy.Policy {
-	out := policy.Policy{ID: p.ID, Enabled: p.Enabled, CvlanID: p.CvlanID}
+	out := policy.Policy{ID: p.ID, Enabled: p.Enabled, CvlanID: p.CvlanID, Priority: int(p.Priority)}
 	for _, r := range p.Rules {
 		pr := policy.Rule{Action: actionOf[r.Action], Protocol: protocolOf[r.Protocol]}
 		for _, s := range r.Sources {

@@ -94,9 +94,15 @@ func (s enrollService) Enroll(ctx context.Context, req *connect.Request[nodev1.E
 		if want != "" && want != kind {
 			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("join token %s is for a %s, not a %s", tok.Prefix, kind, want))
 		}
-		tenant, err := tx.GetTenant(ctx, tok.TenantID)
-		if err != nil {
-			return fmt.Errorf("tenant of join token: %w", err)
+		// A relay shared by all tenants enrolls with a token of no tenant; everything else needs one.
+		tenant := &domain.Tenant{}
+		switch {
+		case tok.TenantID != "":
+			if tenant, err = tx.GetTenant(ctx, tok.TenantID); err != nil {
+				return fmt.Errorf("tenant of join token: %w", err)
+			}
+		case kind != domain.NodeKindRelay:
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("join token %s names no tenant", tok.Prefix))
 		}
 		if tenant.Status == domain.TenantSuspended {
 			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("tenant %s is suspended", tenant.Name))
@@ -266,10 +272,31 @@ func (e *enroller) audit(ctx context.Context, actorID, resourceType, resourceID 
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
+	tenantID := e.tok.TenantID
+	if tenantID == "" {
+		// Shared relays are audited in the system tenant, as the API does for them.
+		if tenantID, err = e.systemTenant(ctx); err != nil {
+			return err
+		}
+	}
 	return e.tx.AppendAudit(ctx, &domain.AuditEntry{
-		TenantID: e.tok.TenantID, ActorType: domain.ActorNode, ActorID: actorID, ActorName: e.req.GetHostname(),
+		TenantID: tenantID, ActorType: domain.ActorNode, ActorID: actorID, ActorName: e.req.GetHostname(),
 		Action: "Enroll", ResourceType: resourceType, ResourceID: resourceID, After: b, PeerAddress: e.addr,
 	})
+}
+
+// systemTenant finds the system tenant inside the enrollment's transaction.
+func (e *enroller) systemTenant(ctx context.Context) (string, error) {
+	page, err := e.tx.ListTenants(ctx, store.TenantFilter{NamePrefix: auth.SystemTenantName}, store.ListOptions{PageSize: 10})
+	if err != nil {
+		return "", fmt.Errorf("audit: system tenant: %w", err)
+	}
+	for _, t := range page.Items {
+		if t.Name == auth.SystemTenantName {
+			return t.ID, nil
+		}
+	}
+	return "", fmt.Errorf("audit: system tenant: %w", domain.ErrNotFound)
 }
 
 func (e *enroller) node() (enrolled, error) {

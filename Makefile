@@ -114,9 +114,11 @@ bench-netmap:
 	cd controller && $(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./internal/netmap
 	$(GO) run ./controller/internal/nodeplane/netmapbench -n 1000,10000
 
-## bench-pki: certificate signatures per second with the embedded step-ca authority.
+## bench-pki: certificate signatures per second (embedded step-ca), and enrollments per second end to end
+## (token, CSR signing, node row) on SQLite and PostgreSQL.
 bench-pki:
 	cd controller && $(GO) test -run '^$$' -bench BenchmarkSign -benchtime 3s ./internal/pki
+	cd controller && $(GO) test -run '^$$' -bench BenchmarkEnroll -benchtime 2000x ./internal/nodeplane/
 
 ## bench-dataplane: agent-to-agent TCP throughput, direct and relayed, against plain wireguard-go.
 bench-dataplane:

@@ -321,8 +321,13 @@ async function main() {
       secret = await done.getByLabel("Secret", { exact: true }).inputValue();
       if (!/^cvj_/.test(secret)) throw new Error(`unexpected secret ${secret}`);
       const cmd = await done.getByLabel("Run on the machine to enroll").inputValue();
-      const want = `cvlan-agent up --controller ${apiOrigin} --token ${secret}`;
+      // The command names the node port (default 8444) of this host and the root CA linked beside it.
+      const want = `cvlan-agent up --controller https://127.0.0.1:8444 --controller-ca cloudvlan-root.pem --token ${secret}`;
       if (cmd !== want) throw new Error(`command is ${JSON.stringify(cmd)}, want ${JSON.stringify(want)}`);
+      const caHref = await done.getByRole("link", { name: "download the root CA" }).getAttribute("href");
+      const served = await page.evaluate(async (href) => (await fetch(href)).text(), caHref);
+      const onDisk = readFileSync(path.join(tmp, "controller", "ca", "root_ca.crt"), "utf8");
+      if (served.trim() !== onDisk.trim()) throw new Error("the root CA served beside the command is not the controller's root");
       await shot("05-join-token-secret");
       await done.getByRole("button", { name: "Done" }).click();
       // The new token is listed (by its tag: the list never shows the secret).

@@ -103,6 +103,14 @@ func newController(ctx context.Context, cfg config, log *slog.Logger, out io.Wri
 		return nil, fmt.Errorf("api: %w", err)
 	}
 	server.MountIntrospection(apiMux, apidesc.Services(apidesc.UserAPI))
+	// The root CA is public: nodes need it to verify the node port before they send a join token, and
+	// the console links to it beside the enrollment command.
+	rootPEM := c.ca.RootPEM()
+	apiMux.HandleFunc("GET /ca/root.pem", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Header().Set("Content-Disposition", `attachment; filename="cloudvlan-root.pem"`)
+		_, _ = w.Write(rootPEM)
+	})
 	// The console: every path no RPC claims (RPC paths are more specific patterns).
 	apiMux.Handle("/", webui.Handler())
 

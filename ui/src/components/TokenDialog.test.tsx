@@ -69,7 +69,7 @@ describe("TokenDialog", () => {
     await user.click(screen.getByRole("button", { name: "Create token" }));
 
     const command = await screen.findByLabelText("Run on the machine to enroll");
-    expect((command as HTMLInputElement).value).toBe(`cvlan-agent up --controller ${ORIGIN} --token ${SECRET}`);
+    expect((command as HTMLInputElement).value).toBe(`cvlan-agent up --controller https://ctl.example:8444 --controller-ca cloudvlan-root.pem --token ${SECRET}`);
     expect((screen.getByLabelText("Secret") as HTMLInputElement).value).toBe(SECRET);
     expect(screen.getByText(/shown only once/)).toBeTruthy();
 
@@ -86,7 +86,7 @@ describe("TokenDialog", () => {
 
     await user.click(screen.getByRole("button", { name: "Copy command" }));
     // user-event installs a clipboard stub in place of the browser's.
-    expect(await navigator.clipboard.readText()).toBe(`cvlan-agent up --controller ${ORIGIN} --token ${SECRET}`);
+    expect(await navigator.clipboard.readText()).toBe(`cvlan-agent up --controller https://ctl.example:8444 --controller-ca cloudvlan-root.pem --token ${SECRET}`);
     expect(screen.getByRole("button", { name: "Copy command" }).textContent).toBe("Copied");
 
     // Done forgets the secret: reopening shows a fresh form, not the old secret.
@@ -148,7 +148,7 @@ describe("TokenDialog", () => {
   });
 
   it("builds the enrollment command for each kind", () => {
-    expect(agentCommand(ORIGIN, "cvj_x")).toBe(`cvlan-agent up --controller ${ORIGIN} --token cvj_x`);
-    expect(agentCommand(ORIGIN, "cvj_x", JoinTokenKind.RELAY)).toBe(`cvlan-relay up --controller ${ORIGIN} --token cvj_x`);
+    expect(agentCommand(ORIGIN, "cvj_x")).toBe(`cvlan-agent up --controller https://ctl.example:8444 --controller-ca cloudvlan-root.pem --token cvj_x`);
+    expect(agentCommand(ORIGIN, "cvj_x", JoinTokenKind.RELAY)).toBe(`cvlan-relay up --controller https://ctl.example:8444 --controller-ca cloudvlan-root.pem --token cvj_x`);
   });
 });

@@ -17,9 +17,22 @@ export const TTL_CHOICES: { seconds: number; label: string }[] = [
 ];
 
 /** agentCommand is the command line that enrolls a machine with a token. */
+/** NODE_PORT is the controller's default node port (enrollment and the mTLS control plane). */
+export const NODE_PORT = "8444";
+
+/** ROOT_CA_PATH is where the API port serves the root CA certificate that nodes verify the controller with. */
+export const ROOT_CA_PATH = "/ca/root.pem";
+
+/**
+ * agentCommand is the command that enrolls a machine: it talks to the node port of the controller
+ * serving this page and verifies it with the root CA downloaded from this page (next to the command).
+ */
 export function agentCommand(origin: string, secret: string, kind: JoinTokenKind = JoinTokenKind.NODE): string {
   const bin = kind === JoinTokenKind.RELAY ? "cvlan-relay" : kind === JoinTokenKind.VROUTER ? "cvlan-vrouter" : "cvlan-agent";
-  return `${bin} up --controller ${origin} --token ${secret}`;
+  const u = new URL(origin);
+  u.port = NODE_PORT;
+  const node = `${u.protocol}//${u.host}`;
+  return `${bin} up --controller ${node} --controller-ca cloudvlan-root.pem --token ${secret}`;
 }
 
 type Form = {
@@ -89,6 +102,13 @@ export function TokenDialog(props: { open: boolean; onClose: () => void; origin?
             </div>
           )}
         </Field>
+        <p className="hint">
+          First save the controller's root CA on the machine as <code>cloudvlan-root.pem</code>:{" "}
+          <a href={ROOT_CA_PATH} download="cloudvlan-root.pem">
+            download the root CA
+          </a>
+          . The agent verifies the controller with it before sending the token.
+        </p>
         <Field label="Run on the machine to enroll" hint="Enrolls the machine into the cvlan with this token.">
           {(p) => (
             <div className="copy-row">

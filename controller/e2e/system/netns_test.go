@@ -97,9 +97,9 @@ func TestNetNSRealController(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, veth pairs, TUN devices and nftables rules")
 	}
-	for _, tool := range []string{"ip", "nft"} {
+	for _, tool := range []string{"ip", "nft", "ping"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (iproute2, nftables)", tool)
+			t.Skipf("needs %s (Debian packages iproute2, nftables, iputils-ping)", tool)
 		}
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
@@ -325,6 +325,25 @@ func TestNetNSRealController(t *testing.T) {
 	// Step 2: TCP between every pair over the overlay addresses.
 	reachAll("step 2 TCP over the overlay", 45*time.Second)
 	t.Logf("step 2 passed: TCP between all pairs (%v)", overlay)
+
+	// Step 2b: ICMP echo between every pair, answered by the peers' kernels through their TUN devices.
+	for from := range 3 {
+		for to := range 3 {
+			if from == to {
+				continue
+			}
+			if err := eventually(15*time.Second, func() error {
+				out, err := exec.Command("ip", "netns", "exec", nss[from], "ping", "-n", "-c", "1", "-W", "2", overlay[to]).CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("ping n%d -> n%d (%s): %v: %s", from+1, to+1, overlay[to], err, out)
+				}
+				return nil
+			}); err != nil {
+				t.Fatalf("step 2b ICMP over the overlay: %v", err)
+			}
+		}
+	}
+	t.Log("step 2b passed: ICMP echo between all pairs")
 
 	// Step 3: n1 and n2 (UDP blocked) reach each other through the relay; n1-n3 is direct.
 	if err := eventually(30*time.Second, func() error {

@@ -1,31 +1,29 @@
-// Package identity reads the relay-relevant identity from a verified
-// certificate's URI SANs, following the fixed CloudVLAN conventions:
+// Package identity reads the relay-relevant identity from a verified certificate. Parsing is
+// controller/identity's (the module that defines node identities, ADR 002 and 003); this package adds
+// what the relay decides with it: the expected trust domain and whether the holder is a client.
 //
 //	spiffe://<td>/tenant/<tenant>/node/<id>      + urn:cloudvlan:wgkey:<hex>
 //	spiffe://<td>/tenant/<tenant>/vrouter/<id>   + urn:cloudvlan:wgkey:<hex>
 //	spiffe://<td>/relay/<id>                      (shared relay)
 //	spiffe://<td>/tenant/<tenant>/relay/<id>      (a tenant's own relay)
-//
-// It mirrors controller/identity on purpose: the relay module stays free of
-// the controller module's dependency tree.
 package identity
 
 import (
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
+
+	cid "github.com/cloudvlan/cloudvlan/controller/identity"
 )
 
 // Kind is the workload type named by a certificate.
-type Kind string
+type Kind = cid.Kind
 
 // Kinds the relay distinguishes.
 const (
-	KindNode    Kind = "node"
-	KindVRouter Kind = "vrouter"
-	KindRelay   Kind = "relay"
+	KindNode    = cid.KindNode
+	KindVRouter = cid.KindVRouter
+	KindRelay   = cid.KindRelay
 )
 
 // ErrInvalid is wrapped by every error of FromCertificate.
@@ -44,69 +42,20 @@ type Identity struct {
 // (it is addressed by a WireGuard key).
 func (i Identity) IsClient() bool { return i.Kind == KindNode || i.Kind == KindVRouter }
 
-const wgKeyPrefix = "urn:cloudvlan:wgkey:"
-
 // FromCertificate extracts the identity in trust domain td from cert, whose
 // chain the caller has already verified.
 func FromCertificate(cert *x509.Certificate, td string) (Identity, error) {
-	var (
-		id      Identity
-		nIDs    int
-		nKeys   int
-		hasPath bool
-	)
-	if cert == nil {
-		return id, fmt.Errorf("%w: no certificate", ErrInvalid)
+	id, key, err := cid.FromCertificate(cert)
+	if err != nil {
+		return Identity{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	for _, u := range cert.URIs {
-		s := u.String()
-		switch {
-		case strings.EqualFold(u.Scheme, "spiffe"):
-			nIDs++
-			if u.Host != td {
-				return id, fmt.Errorf("%w: trust domain %q, want %q", ErrInvalid, u.Host, td)
-			}
-			seg := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
-			switch {
-			case len(seg) == 2 && seg[0] == "relay":
-				id.Kind, id.ID = KindRelay, seg[1]
-			case len(seg) == 4 && seg[0] == "tenant":
-				id.Tenant, id.ID = seg[1], seg[3]
-				switch Kind(seg[2]) {
-				case KindNode, KindVRouter, KindRelay:
-					id.Kind = Kind(seg[2])
-				default:
-					return id, fmt.Errorf("%w: unknown kind in %q", ErrInvalid, s)
-				}
-			default:
-				return id, fmt.Errorf("%w: SPIFFE path %q", ErrInvalid, u.Path)
-			}
-			for _, p := range seg {
-				if p == "" {
-					return id, fmt.Errorf("%w: empty segment in %q", ErrInvalid, s)
-				}
-			}
-			hasPath = true
-		case strings.HasPrefix(s, wgKeyPrefix):
-			nKeys++
-			h := s[len(wgKeyPrefix):]
-			if len(h) != 64 || strings.ToLower(h) != h {
-				return id, fmt.Errorf("%w: wgkey %q", ErrInvalid, h)
-			}
-			if _, err := hex.Decode(id.WGKey[:], []byte(h)); err != nil {
-				return id, fmt.Errorf("%w: wgkey: %v", ErrInvalid, err)
-			}
-		}
+	if id.TrustDomain != td {
+		return Identity{}, fmt.Errorf("%w: trust domain %q, want %q", ErrInvalid, id.TrustDomain, td)
 	}
-	switch {
-	case nIDs != 1 || !hasPath:
-		return Identity{}, fmt.Errorf("%w: %d SPIFFE IDs", ErrInvalid, nIDs)
-	case nKeys > 1:
-		return Identity{}, fmt.Errorf("%w: %d wgkey URNs", ErrInvalid, nKeys)
-	case id.IsClient() && nKeys != 1:
-		return Identity{}, fmt.Errorf("%w: %s certificate without wgkey", ErrInvalid, id.Kind)
-	case id.Kind == KindRelay:
-		id.WGKey = [32]byte{}
+	out := Identity{Kind: id.Kind, Tenant: id.TenantID, ID: id.ResourceID, WGKey: key}
+	if out.Kind == KindRelay {
+		// A relay's certificate may carry a key (enrollment requires one); the relay never routes by it.
+		out.WGKey = [32]byte{}
 	}
-	return id, nil
+	return out, nil
 }

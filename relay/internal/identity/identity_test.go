@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	cid "github.com/cloudvlan/cloudvlan/controller/identity"
 )
 
 func cert(uris ...string) *x509.Certificate {
@@ -28,16 +30,16 @@ func TestFromCertificate(t *testing.T) {
 		want Identity
 		ok   bool
 	}{
-		{"node", cert("spiffe://td/tenant/t1/node/n1", wgKeyPrefix+key), Identity{Kind: KindNode, Tenant: "t1", ID: "n1"}, true},
-		{"vrouter", cert("spiffe://td/tenant/t1/vrouter/v1", wgKeyPrefix+key), Identity{Kind: KindVRouter, Tenant: "t1", ID: "v1"}, true},
+		{"node", cert("spiffe://td/tenant/t1/node/n1", cid.WGKeyURNPrefix+key), Identity{Kind: KindNode, Tenant: "t1", ID: "n1"}, true},
+		{"vrouter", cert("spiffe://td/tenant/t1/vrouter/v1", cid.WGKeyURNPrefix+key), Identity{Kind: KindVRouter, Tenant: "t1", ID: "v1"}, true},
 		{"shared relay", cert("spiffe://td/relay/r1"), Identity{Kind: KindRelay, ID: "r1"}, true},
 		{"tenant relay", cert("spiffe://td/tenant/t1/relay/r1"), Identity{Kind: KindRelay, Tenant: "t1", ID: "r1"}, true},
 		{"node without key", cert("spiffe://td/tenant/t1/node/n1"), Identity{}, false},
-		{"other trust domain", cert("spiffe://evil/tenant/t1/node/n1", wgKeyPrefix+key), Identity{}, false},
+		{"other trust domain", cert("spiffe://evil/tenant/t1/node/n1", cid.WGKeyURNPrefix+key), Identity{}, false},
 		{"two ids", cert("spiffe://td/relay/r1", "spiffe://td/relay/r2"), Identity{}, false},
-		{"uppercase key", cert("spiffe://td/tenant/t1/node/n1", wgKeyPrefix+strings.ToUpper(key)), Identity{}, false},
+		{"uppercase key", cert("spiffe://td/tenant/t1/node/n1", cid.WGKeyURNPrefix+strings.ToUpper(key)), Identity{}, false},
 		{"bad path", cert("spiffe://td/tenant/t1/node"), Identity{}, false},
-		{"empty tenant", cert("spiffe://td/tenant//node/n1", wgKeyPrefix+key), Identity{}, false},
+		{"empty tenant", cert("spiffe://td/tenant//node/n1", cid.WGKeyURNPrefix+key), Identity{}, false},
 		{"no uris", cert(), Identity{}, false},
 	}
 	for _, tc := range tests {

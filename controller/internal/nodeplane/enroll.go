@@ -2,8 +2,10 @@ package nodeplane
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -215,23 +217,55 @@ func (e *enroller) createNode(ctx context.Context, kind domain.NodeKind, cvlanID
 }
 
 // freeName returns name, or name-2, name-3... when taken in the cvlan (a failed insert would abort
-// the whole transaction on PostgreSQL, so the name is chosen before).
+// the whole transaction on PostgreSQL, so the name is chosen before). When more names share the
+// prefix than one page holds, the sequence cannot be checked cheaply, so a random suffix is tried.
 func (e *enroller) freeName(ctx context.Context, cvlanID, name string) (string, error) {
 	name = dnsLabel(name)
-	page, err := e.tx.ListNodes(ctx, store.NodeFilter{CvlanID: cvlanID, NamePrefix: name}, store.ListOptions{PageSize: store.MaxPageSize})
+	taken, more, err := e.namesWithPrefix(ctx, cvlanID, name)
 	if err != nil {
-		return "", fmt.Errorf("list node names: %w", err)
+		return "", err
 	}
-	taken := map[string]bool{}
+	if !more {
+		cand := name
+		for i := 2; taken[cand]; i++ {
+			cand = withSuffix(name, fmt.Sprintf("-%d", i))
+		}
+		return cand, nil
+	}
+	for range 8 {
+		var b [3]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", fmt.Errorf("random name suffix: %w", err)
+		}
+		cand := withSuffix(name, "-"+hex.EncodeToString(b[:]))
+		taken, _, err := e.namesWithPrefix(ctx, cvlanID, cand)
+		if err != nil {
+			return "", err
+		}
+		if !taken[cand] {
+			return cand, nil
+		}
+	}
+	return "", connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("no free node name derived from %q in cvlan %s", name, cvlanID))
+}
+
+// namesWithPrefix returns the lower-cased names of the cvlan's nodes that start with prefix (one
+// page), and whether there are more.
+func (e *enroller) namesWithPrefix(ctx context.Context, cvlanID, prefix string) (map[string]bool, bool, error) {
+	page, err := e.tx.ListNodes(ctx, store.NodeFilter{CvlanID: cvlanID, NamePrefix: prefix}, store.ListOptions{PageSize: store.MaxPageSize})
+	if err != nil {
+		return nil, false, fmt.Errorf("list node names: %w", err)
+	}
+	taken := make(map[string]bool, len(page.Items))
 	for _, n := range page.Items {
 		taken[strings.ToLower(n.Name)] = true
 	}
-	cand := name
-	for i := 2; taken[cand]; i++ {
-		suffix := fmt.Sprintf("-%d", i)
-		cand = strings.TrimRight(name[:min(len(name), 63-len(suffix))], "-") + suffix
-	}
-	return cand, nil
+	return taken, page.NextPageToken != "", nil
+}
+
+// withSuffix appends suffix to a DNS label, shortening the label so the result stays within 63 characters.
+func withSuffix(name, suffix string) string {
+	return strings.TrimRight(name[:min(len(name), 63-len(suffix))], "-") + suffix
 }
 
 // dnsLabel turns a host name into a DNS label: lower case, [a-z0-9-], at most 63 characters.

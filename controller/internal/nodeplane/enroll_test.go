@@ -2,6 +2,8 @@ package nodeplane
 
 import (
 	"context"
+	"encoding/base64"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -222,5 +224,39 @@ func TestEnrollResponse(t *testing.T) {
 	b := e.enroll(t, e.token(t, nil), "laptop")
 	if b.id.GetName() != "laptop-2" {
 		t.Fatalf("second name %q, want laptop-2", b.id.GetName())
+	}
+}
+
+// More nodes of one host name than a page of names holds still get free names.
+func TestEnrollSameHostnameBeyondOnePage(t *testing.T) {
+	e := newEnv(t, fastEnroll)
+	ctx := context.Background()
+	taken := map[string]bool{}
+	err := e.st.Tx(ctx, store.TenantScope(e.tenant.ID), func(tx store.Tx) error {
+		for i := 1; i <= store.MaxPageSize+1; i++ {
+			name := "web"
+			if i > 1 {
+				name = fmt.Sprintf("web-%d", i)
+			}
+			wg := randWG(t)
+			n := &domain.Node{TenantID: e.tenant.ID, CvlanID: e.cvlan.ID, Name: name, Kind: domain.NodeKindNode,
+				WireGuardPublicKey: base64.StdEncoding.EncodeToString(wg[:]), Status: domain.NodePending}
+			if err := tx.CreateNode(ctx, n); err != nil {
+				return err
+			}
+			taken[name] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		a := e.enroll(t, e.token(t, nil), "web")
+		name := a.id.GetName()
+		if taken[name] || !strings.HasPrefix(name, "web-") {
+			t.Fatalf("enrolled as %q: taken or not derived from the host name", name)
+		}
+		taken[name] = true
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -375,6 +376,17 @@ func TestTenantIsolation(t *testing.T) {
 				tl, err := c.tenant.ListTenants(ctx, connect.NewRequest(&v1.ListTenantsRequest{}))
 				if err != nil || len(tl.Msg.GetTenants()) != 1 || tl.Msg.GetTenants()[0].GetId() != tids[self] {
 					t.Errorf("%s lists tenants %v %v", self, tl, err)
+				} else if used := tl.Msg.GetTenants()[0].GetCapacity().GetUsed(); used != 1 {
+					t.Errorf("%s lists its tenant with capacity.used %d, want 1 (its static peer)", self, used)
+				}
+				// The region lists the relays this tenant can see: its own and the shared one, not the other tenant's.
+				rl, err := c.region.ListRegions(ctx, connect.NewRequest(&v1.ListRegionsRequest{}))
+				if err != nil || len(rl.Msg.GetRegions()) != 1 {
+					t.Fatalf("%s lists regions %v %v", self, rl, err)
+				}
+				if got, want := strings.Join(slices.Sorted(slices.Values(rl.Msg.GetRegions()[0].GetRelayIds())), ","),
+					strings.Join(slices.Sorted(slices.Values([]string{ids[self]["relay"], shared.Msg.GetRelay().GetId()})), ","); got != want {
+					t.Errorf("%s sees region relays %s, want %s", self, got, want)
 				}
 				al, err := c.audit.ListAuditLogs(ctx, connect.NewRequest(&v1.ListAuditLogsRequest{PageSize: 1000}))
 				if err != nil {

@@ -30,17 +30,8 @@ func (s *server) GetRegion(ctx context.Context, req *connect.Request[v1.GetRegio
 		if err != nil {
 			return err
 		}
-		var ids []string
-		if err := eachPage(func(tok string) (string, error) {
-			p, err := tx.ListRelays(ctx, store.RelayFilter{RegionID: r.ID}, store.ListOptions{PageSize: store.MaxPageSize, PageToken: tok})
-			if err != nil {
-				return "", err
-			}
-			for _, x := range p.Items {
-				ids = append(ids, x.ID)
-			}
-			return p.NextPageToken, nil
-		}); err != nil {
+		ids, err := regionRelayIDs(ctx, tx, r.ID)
+		if err != nil {
 			return err
 		}
 		out = regionPB(r, ids)
@@ -50,6 +41,22 @@ func (s *server) GetRegion(ctx context.Context, req *connect.Request[v1.GetRegio
 		return nil, err
 	}
 	return connect.NewResponse(&v1.GetRegionResponse{Region: out}), nil
+}
+
+// regionRelayIDs lists the ids of the relays in a region that the transaction's scope can see.
+func regionRelayIDs(ctx context.Context, tx store.Tx, regionID string) ([]string, error) {
+	var ids []string
+	err := eachPage(func(tok string) (string, error) {
+		p, err := tx.ListRelays(ctx, store.RelayFilter{RegionID: regionID}, store.ListOptions{PageSize: store.MaxPageSize, PageToken: tok})
+		if err != nil {
+			return "", err
+		}
+		for _, x := range p.Items {
+			ids = append(ids, x.ID)
+		}
+		return p.NextPageToken, nil
+	})
+	return ids, err
 }
 
 func (s *server) ListRegions(ctx context.Context, req *connect.Request[v1.ListRegionsRequest]) (*connect.Response[v1.ListRegionsResponse], error) {
@@ -69,7 +76,11 @@ func (s *server) ListRegions(ctx context.Context, req *connect.Request[v1.ListRe
 			if m.GetCode() != "" && r.Code != m.GetCode() {
 				continue
 			}
-			out.Regions = append(out.Regions, regionPB(r, nil))
+			ids, err := regionRelayIDs(ctx, tx, r.ID)
+			if err != nil {
+				return err
+			}
+			out.Regions = append(out.Regions, regionPB(r, ids))
 		}
 		out.NextPageToken, out.TotalSize = p.NextPageToken, int32(p.TotalSize)
 		return nil

@@ -86,6 +86,14 @@ func (s *server) ListTenants(ctx context.Context, req *connect.Request[v1.ListTe
 	if err != nil {
 		return nil, err
 	}
+	// Counted per tenant in transactions of their own (tenant scope), as GetTenant does.
+	for _, t := range out.Tenants {
+		used, err := s.countNodes(ctx, t.GetId(), store.NodeFilter{})
+		if err != nil {
+			return nil, s.toConnect(ctx, err)
+		}
+		t.Capacity.Used = int32(used)
+	}
 	return connect.NewResponse(out), nil
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"go.fd.io/govpp/api"
 	"go.fd.io/govpp/binapi/ikev2"
+	"go.fd.io/govpp/binapi/ikev2_types"
 	interfaces "go.fd.io/govpp/binapi/interface"
 	"go.fd.io/govpp/binapi/ip"
 	"go.fd.io/govpp/binapi/ipip"
@@ -261,6 +262,278 @@ func TestApplyIncremental(t *testing.T) {
 	}
 }
 
-var _ = errors.New
-var _ = filepath.Join
-var _ api.Message
+func TestApplyVPPErrors(t *testing.T) {
+	b1 := connCreate("branch1", "203.0.113.9", psk1, 3, 7, "10.0.0.0-10.0.255.255", "192.168.1.0-192.168.2.255", "192.168.1.0/24", "192.168.2.0/24")
+	b2 := connCreate("branch2", "203.0.113.10", psk2, 4, 7, "10.0.0.0-10.0.255.255", "172.16.0.0-172.31.255.255", "172.16.0.0/12")
+	tests := []struct {
+		name      string
+		setup     *vrouterv1.WatchVRouterConfigResponse // applied successfully first (nil: none)
+		failMsg   string
+		cfg       *vrouterv1.WatchVRouterConfigResponse
+		wantErr   []string // substrings of the error
+		wantSent  []string // requests of the failing Apply
+		wantRetry []string // requests of the retry with the same config
+	}{
+		{
+			name:    "profile auth fails: the other connection is still created",
+			failMsg: "ikev2_profile_set_auth",
+			cfg:     config(7, branch1, branch2),
+			wantErr: []string{`connection "branch1"`, "ikev2_profile_set_auth", "retval -1"},
+			// branch1 stops after set_auth; branch2 gets the next tunnel index (4)
+			wantSent:  concat(vrfCreate(7), b1[:7], b2),
+			wantRetry: b1[6:],
+		},
+		{
+			name:      "tunnel creation fails",
+			failMsg:   "ipip_add_tunnel",
+			cfg:       config(7, branch1),
+			wantErr:   []string{`connection "branch1"`, "ipip_add_tunnel", "retval -1"},
+			wantSent:  concat(vrfCreate(7), b1[:1]),
+			wantRetry: b1,
+		},
+		{
+			name:      "route fails: the first route is remembered",
+			failMsg:   "ip_route_add_del",
+			cfg:       config(7, branch1),
+			wantErr:   []string{`connection "branch1"`, "ip_route_add_del"},
+			wantSent:  concat(vrfCreate(7), b1[:14]),
+			wantRetry: b1[13:],
+		},
+		{
+			name:      "vrf creation fails: no connection is attempted",
+			failMsg:   "create_loopback",
+			cfg:       config(7, branch1),
+			wantErr:   []string{"vrf 7", "create_loopback", "retval -1"},
+			wantSent:  vrfCreate(7)[:3],
+			wantRetry: concat(vrfCreate(7)[2:], b1),
+		},
+		{
+			name:      "profile delete fails on removal: retried, tunnel kept until then",
+			setup:     config(7, branch1),
+			failMsg:   "ikev2_profile_add_del",
+			cfg:       config(7),
+			wantErr:   []string{`connection "branch1"`, "ikev2_profile_add_del", "retval -1"},
+			wantSent:  connDelete("branch1", 3, 7, "192.168.1.0/24", "192.168.2.0/24")[:3],
+			wantRetry: connDelete("branch1", 3, 7)[0:],
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, rec := newProgrammer(t)
+			ctx := context.Background()
+			if tt.setup != nil {
+				if err := p.Apply(ctx, tt.setup); err != nil {
+					t.Fatalf("setup Apply: %v", err)
+				}
+				rec.Reset()
+			}
+			rec.FailNext(tt.failMsg, -1)
+			err := p.Apply(ctx, tt.cfg)
+			if err == nil {
+				t.Fatal("Apply succeeded, want the VPP error")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			var apiErr *vpp.APIError
+			if !errors.As(err, &apiErr) || apiErr.Message != tt.failMsg || apiErr.Retval != -1 {
+				t.Errorf("error %v is not an *APIError for %s with retval -1 (got %+v)", err, tt.failMsg, apiErr)
+			}
+			diff(t, "failing apply", describeAll(rec.Requests()), tt.wantSent)
+			rec.Reset()
+			if err := p.Apply(ctx, tt.cfg); err != nil {
+				t.Fatalf("retry Apply: %v", err)
+			}
+			diff(t, "retry", describeAll(rec.Requests()), tt.wantRetry)
+			rec.Reset()
+			if err := p.Apply(ctx, tt.cfg); err != nil {
+				t.Fatalf("third Apply: %v", err)
+			}
+			diff(t, "third apply", describeAll(rec.Requests()), nil)
+		})
+	}
+}
+
+func TestApplyRejectsBadInput(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     *vrouterv1.WatchVRouterConfigResponse
+		wantErr string
+	}{
+		{"nil config", nil, "config is nil"},
+		{"no vrf", &vrouterv1.WatchVRouterConfigResponse{Version: 3}, "vrf is missing"},
+		{"default table", config(0, branch1), "vrf.table_id must not be 0"},
+		{"bad remote address", config(7, conn("b", "203.0.113.300", nil, nil, psk1)), `connection "b": remote_address`},
+		{"hostname remote", config(7, conn("b", "vpn.example.com", nil, nil, psk1)), `connection "b": remote_address`},
+		{"remote is us", config(7, conn("b", local, nil, nil, psk1)), `connection "b": remote_address`},
+		{"ipv6 remote with ipv4 local", config(7, conn("b", "2001:db8::1", nil, nil, psk1)), `connection "b": remote_address`},
+		{"bad local prefix", config(7, conn("b", "203.0.113.9", []string{"10.0.0.0/33"}, nil, psk1)), `connection "b": local_subnets[0]`},
+		{"bad remote prefix", config(7, conn("b", "203.0.113.9", nil, []string{"10.0.0.0/8", "banana"}, psk1)), `connection "b": remote_subnets[1]`},
+		{"mixed families one side", config(7, conn("b", "203.0.113.9", []string{"10.0.0.0/8", "fd00::/8"}, nil, psk1)), `connection "b": local_subnets[1]`},
+		{"mixed families across sides", config(7, conn("b", "203.0.113.9", []string{"10.0.0.0/8"}, []string{"fd00::/8"}, psk1)), `connection "b": remote_subnets`},
+		{"short psk", config(7, conn("b", "203.0.113.9", nil, nil, "short")), `connection "b": pre_shared_key`},
+		{"empty name", config(7, conn("", "203.0.113.9", nil, nil, psk1)), "connections[0]: name"},
+		{"name with space", config(7, conn("a b", "203.0.113.9", nil, nil, psk1)), `connection "a b": name`},
+		{"name too long", config(7, conn(strings.Repeat("n", 64), "203.0.113.9", nil, nil, psk1)), ": name: longer than 63"},
+		{"duplicate name", config(7, branch1, branch1), `connection "branch1": name: appears twice`},
+		{"ike v1", config(7, &vrouterv1.IpsecConnection{Name: "b", RemoteAddress: "203.0.113.9", IkeVersion: 1, PreSharedKey: psk1}), `connection "b": ike_version`},
+		// a good connection before the bad one is not applied either
+		{"good then bad", config(7, branch1, conn("b", "203.0.113.9", nil, []string{"nope"}, psk1)), `connection "b": remote_subnets[0]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, rec := newProgrammer(t)
+			err := p.Apply(context.Background(), tt.cfg)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Apply error = %v, want one containing %q", err, tt.wantErr)
+			}
+			if got := rec.Requests(); len(got) != 0 {
+				t.Errorf("Apply sent %q for invalid input, want nothing", describeAll(got))
+			}
+			// The Programmer is still usable and starts from nothing.
+			if err := p.Apply(context.Background(), config(7, branch2)); err != nil {
+				t.Fatalf("Apply after the rejection: %v", err)
+			}
+			if n := len(rec.Requests()); n != len(vrfCreate(7))+14 {
+				t.Errorf("Apply after the rejection sent %d requests, want %d", n, len(vrfCreate(7))+14)
+			}
+		})
+	}
+}
+
+func TestStatus(t *testing.T) {
+	const (
+		up         = vrouterv1.ConnectionState_CONNECTION_STATE_UP
+		connecting = vrouterv1.ConnectionState_CONNECTION_STATE_CONNECTING
+		down       = vrouterv1.ConnectionState_CONNECTION_STATE_DOWN
+	)
+	branch3 := conn("branch3", "203.0.113.11", nil, []string{"192.168.3.0/24"}, psk1)
+	tests := []struct {
+		name    string
+		saUp    []string // profiles with an authenticated IKE SA
+		saInit  []string // profiles with an IKE SA still negotiating
+		failMsg string   // makes branch3's creation fail
+		want    map[string]vrouterv1.ConnectionState
+	}{
+		{"no SA", nil, nil, "", map[string]vrouterv1.ConnectionState{"branch1": connecting, "branch2": connecting, "branch3": connecting}},
+		{"one SA", []string{"branch2"}, nil, "", map[string]vrouterv1.ConnectionState{"branch1": connecting, "branch2": up, "branch3": connecting}},
+		{"all SAs", []string{"branch1", "branch2", "branch3"}, nil, "", map[string]vrouterv1.ConnectionState{"branch1": up, "branch2": up, "branch3": up}},
+		{"SA of an unknown profile is ignored", []string{"other"}, nil, "", map[string]vrouterv1.ConnectionState{"branch1": connecting, "branch2": connecting, "branch3": connecting}},
+		{"SA not yet authenticated is connecting", []string{"branch1"}, []string{"branch2", "branch3"}, "", map[string]vrouterv1.ConnectionState{"branch1": up, "branch2": connecting, "branch3": connecting}},
+		{"failed connection is down", []string{"branch3"}, nil, "ipip_add_tunnel", map[string]vrouterv1.ConnectionState{"branch1": connecting, "branch2": connecting, "branch3": down}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, rec := newProgrammer(t)
+			ctx := context.Background()
+			if err := p.Apply(ctx, config(7, branch1, branch2)); err != nil {
+				t.Fatal(err)
+			}
+			if tt.failMsg != "" {
+				rec.FailNext(tt.failMsg, -1)
+			}
+			if err := p.Apply(ctx, config(7, branch1, branch2, branch3)); (err != nil) != (tt.failMsg != "") {
+				t.Fatalf("Apply: %v", err)
+			}
+			for _, prof := range tt.saUp {
+				rec.SetSAEstablished(prof, true)
+			}
+			for _, prof := range tt.saInit {
+				rec.SetSAState(prof, ikev2_types.SA_INIT)
+			}
+			rec.Reset()
+			got, err := p.Status(ctx)
+			if err != nil {
+				t.Fatalf("Status: %v", err)
+			}
+			if names := describeAll(rec.Requests()); !slices.Equal(names, []string{"ikev2_sa_v3_dump"}) {
+				t.Errorf("Status sent %q, want one ikev2_sa_v3_dump", names)
+			}
+			var order []string
+			for _, s := range got {
+				order = append(order, s.GetName())
+				if s.GetState() != tt.want[s.GetName()] {
+					t.Errorf("%s: state %v, want %v", s.GetName(), s.GetState(), tt.want[s.GetName()])
+				}
+				if s.GetState() != down && s.GetLastChangeTime() == nil {
+					t.Errorf("%s: no last_change_time", s.GetName())
+				}
+				if s.GetRxBytes() != 0 || s.GetTxBytes() != 0 {
+					t.Errorf("%s: byte counters %d/%d, want 0 (not available)", s.GetName(), s.GetRxBytes(), s.GetTxBytes())
+				}
+			}
+			if !slices.Equal(order, []string{"branch1", "branch2", "branch3"}) {
+				t.Errorf("Status order %q, want config order", order)
+			}
+		})
+	}
+}
+
+func TestStatusLastChange(t *testing.T) {
+	p, rec := newProgrammer(t)
+	ctx := context.Background()
+	if err := p.Apply(ctx, config(7, branch1)); err != nil {
+		t.Fatal(err)
+	}
+	first, err := p.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := p.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again[0].GetLastChangeTime().AsTime().Equal(first[0].GetLastChangeTime().AsTime()) {
+		t.Errorf("last_change_time moved without a state change: %v -> %v", first[0].GetLastChangeTime().AsTime(), again[0].GetLastChangeTime().AsTime())
+	}
+	rec.SetSAEstablished("branch1", true)
+	upNow, err := p.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if upNow[0].GetState() != vrouterv1.ConnectionState_CONNECTION_STATE_UP || upNow[0].GetLastChangeTime().AsTime().Before(first[0].GetLastChangeTime().AsTime()) {
+		t.Errorf("after the SA came up: %v", upNow[0])
+	}
+	rec.SetSAEstablished("branch1", false)
+	downAgain, err := p.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if downAgain[0].GetState() != vrouterv1.ConnectionState_CONNECTION_STATE_CONNECTING {
+		t.Errorf("after the SA went away: %v", downAgain[0])
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	c, _ := vpptest.NewMockVPP(t)
+	tests := []struct {
+		name    string
+		conn    api.Connection
+		o       vpp.Options
+		wantErr string
+	}{
+		{"nil connection", nil, vpp.Options{UplinkInterface: vpptest.Uplink, LocalAddress: netip.MustParseAddr(local)}, "nil connection"},
+		{"no local address", c, vpp.Options{UplinkInterface: vpptest.Uplink}, "local address"},
+		{"no uplink name", c, vpp.Options{LocalAddress: netip.MustParseAddr(local)}, "uplink interface name is empty"},
+		{"unknown uplink", c, vpp.Options{UplinkInterface: "GigabitEthernet0/9/0", LocalAddress: netip.MustParseAddr(local)}, `no interface named "GigabitEthernet0/9/0"`},
+		{"uplink name is a prefix only", c, vpp.Options{UplinkInterface: "GigabitEthernet0/8", LocalAddress: netip.MustParseAddr(local)}, `no interface named "GigabitEthernet0/8"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := vpp.New(tt.conn, tt.o)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("New error = %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestConnectWithoutVPP(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	_, _, err := vpp.Connect(context.Background(), sock)
+	if err == nil || !strings.Contains(err.Error(), "no VPP API socket at "+sock) {
+		t.Fatalf("Connect error = %v, want one saying there is no VPP socket at %s", err, sock)
+	}
+}

@@ -49,7 +49,7 @@ type Recorder struct {
 	mu         sync.Mutex
 	reqs       []Request
 	fail       map[string][]int32
-	saUp       map[string]bool
+	sas        map[string]ikev2_types.Ikev2State
 	interfaces map[interface_types.InterfaceIndex]string
 	next       interface_types.InterfaceIndex
 }
@@ -84,10 +84,18 @@ func (r *Recorder) SetSAEstablished(profile string, up bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if up {
-		r.saUp[profile] = true
+		r.sas[profile] = ikev2_types.AUTHENTICATED
 	} else {
-		delete(r.saUp, profile)
+		delete(r.sas, profile)
 	}
+}
+
+// SetSAState makes ikev2_sa_v3_dump report an IKE SA for the profile in the given state (e.g.
+// ikev2_types.SA_INIT while negotiating, AUTH_FAILED after a wrong key).
+func (r *Recorder) SetSAState(profile string, state ikev2_types.Ikev2State) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sas[profile] = state
 }
 
 // FailNext makes the next request named msgName answer with retval (e.g. -1, VNET_API_ERROR_UNSPECIFIED)
@@ -115,7 +123,7 @@ func NewMockVPP(t testing.TB) (api.Connection, *Recorder) {
 	t.Helper()
 	rec := &Recorder{
 		fail:       map[string][]int32{},
-		saUp:       map[string]bool{},
+		sas:        map[string]ikev2_types.Ikev2State{},
 		interfaces: map[interface_types.InterfaceIndex]string{UplinkIndex: Uplink},
 		next:       UplinkIndex + 1,
 	}
@@ -310,9 +318,9 @@ func (r *Recorder) details(m api.Message) []api.Message {
 		}
 	case *ikev2.Ikev2SaV3Dump:
 		i := uint32(0)
-		for profile := range r.saUp {
+		for _, profile := range slices.Sorted(maps.Keys(r.sas)) {
 			out = append(out, &ikev2.Ikev2SaV3Details{Sa: ikev2_types.Ikev2SaV3{
-				SaIndex: i, ProfileName: profile, State: ikev2_types.AUTHENTICATED,
+				SaIndex: i, ProfileName: profile, State: r.sas[profile],
 			}})
 			i++
 		}

@@ -37,7 +37,9 @@ var usedMessages = []api.Message{
 	(*ip.IPTableAddDel)(nil), (*ip.IPTableAddDelReply)(nil),
 	(*ip.IPRouteAddDel)(nil), (*ip.IPRouteAddDelReply)(nil),
 	(*interfaces.SwInterfaceDump)(nil), (*interfaces.SwInterfaceDetails)(nil),
-	(*interfaces.CreateLoopback)(nil), (*interfaces.CreateLoopbackReply)(nil),
+	(*interfaces.CreateLoopbackInstance)(nil), (*interfaces.CreateLoopbackInstanceReply)(nil),
+	(*ip.IPTableFlush)(nil), (*ip.IPTableFlushReply)(nil),
+	(*ikev2.Ikev2ProfileDump)(nil), (*ikev2.Ikev2ProfileDetails)(nil),
 	(*interfaces.DeleteLoopback)(nil), (*interfaces.DeleteLoopbackReply)(nil),
 	(*interfaces.SwInterfaceSetTable)(nil), (*interfaces.SwInterfaceSetTableReply)(nil),
 	(*interfaces.SwInterfaceAddDelAddress)(nil), (*interfaces.SwInterfaceAddDelAddressReply)(nil),
@@ -110,25 +112,31 @@ func dump(ctx context.Context, conn api.Connection, req api.Message, each func(a
 	}
 }
 
-// lookupInterface returns the sw_if_index of the interface with exactly this name.
-func lookupInterface(ctx context.Context, conn api.Connection, name string) (interface_types.InterfaceIndex, error) {
-	found := false
-	var idx interface_types.InterfaceIndex
-	err := dump(ctx, conn, &interfaces.SwInterfaceDump{
-		SwIfIndex: ^interface_types.InterfaceIndex(0), NameFilterValid: true, NameFilter: name,
-	}, func(m api.Message) {
-		if d, ok := m.(*interfaces.SwInterfaceDetails); ok && d.InterfaceName == name && !found {
-			found, idx = true, d.SwIfIndex
+// listInterfaces returns VPP's interfaces by name.
+func listInterfaces(ctx context.Context, conn api.Connection) (map[string]interface_types.InterfaceIndex, error) {
+	out := map[string]interface_types.InterfaceIndex{}
+	err := dump(ctx, conn, &interfaces.SwInterfaceDump{SwIfIndex: ^interface_types.InterfaceIndex(0)}, func(m api.Message) {
+		if d, ok := m.(*interfaces.SwInterfaceDetails); ok {
+			out[d.InterfaceName] = d.SwIfIndex
 		}
 	})
-	if err != nil {
-		return 0, err
-	}
-	if !found {
-		return 0, fmt.Errorf("VPP has no interface named %q", name)
-	}
-	return idx, nil
+	return out, err
 }
+
+// listProfiles returns VPP's IKEv2 profiles and their tunnel interfaces (~0 when unset).
+func listProfiles(ctx context.Context, conn api.Connection) (map[string]uint32, error) {
+	out := map[string]uint32{}
+	err := dump(ctx, conn, &ikev2.Ikev2ProfileDump{}, func(m api.Message) {
+		if d, ok := m.(*ikev2.Ikev2ProfileDetails); ok {
+			out[d.Profile.Name] = d.Profile.TunItf
+		}
+	})
+	return out, err
+}
+
+// loopbackName is the name VPP gives the tenant VRF's loopback (instance = table id), which lets a
+// restarted vrouter find the one it created before.
+func loopbackName(table uint32) string { return fmt.Sprintf("loop%d", table) }
 
 func toAddress(a netip.Addr) ip_types.Address {
 	a = a.Unmap()

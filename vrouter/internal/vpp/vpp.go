@@ -48,9 +48,10 @@ type Options struct {
 // goroutine waits for a running Apply instead of racing it.
 //
 // The Programmer remembers every VPP object it created (tables, loopback, tunnels, profiles, routes) so
-// that the next Apply sends only the difference and a failed Apply can be retried or undone. It does
-// not read back objects left by a previous process: start it against a VPP without CloudVLAN objects
-// (VPP's configuration does not survive a VPP restart).
+// that the next Apply sends only the difference and a failed Apply can be retried or undone. Objects
+// left by an earlier run (after a vrouter restart with VPP still running) are found in New: every IKEv2
+// profile and its tunnel are deleted by the first Apply, and a tenant VRF's loopback is deleted and its
+// routes flushed before the VRF is rebuilt. VPP is assumed to be dedicated to the vrouter.
 type Programmer struct {
 	conn   api.Connection
 	log    *slog.Logger
@@ -59,6 +60,7 @@ type Programmer struct {
 	now    func() time.Time
 
 	mu    sync.Mutex
+	loops map[uint32]interface_types.InterfaceIndex // loopbacks left by an earlier run, by table id
 	vrf   *vrfState
 	conns map[string]*connState
 	order []string // configured connections, in config order
@@ -71,6 +73,10 @@ type vrfState struct {
 	loop    interface_types.InterfaceIndex
 	hasLoop bool
 	dying   bool // teardown started: finish it before anything else
+	// leftover is the loopback an earlier run left for this table: it is deleted and the table's
+	// routes are flushed before the VRF is rebuilt.
+	leftover    interface_types.InterfaceIndex
+	hasLeftover bool
 }
 
 // connState is what exists of one connection; done counts completed connSteps.
@@ -124,15 +130,38 @@ func New(conn api.Connection, o Options) (*Programmer, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	uplink, err := lookupInterface(ctx, conn, o.UplinkInterface)
+	ifs, err := listInterfaces(ctx, conn)
 	if err != nil {
-		return nil, fmt.Errorf("vpp: uplink interface: %w", err)
+		return nil, fmt.Errorf("vpp: list interfaces: %w", err)
+	}
+	uplink, ok := ifs[o.UplinkInterface]
+	if !ok {
+		return nil, fmt.Errorf("vpp: uplink interface: VPP has no interface named %q", o.UplinkInterface)
+	}
+	profiles, err := listProfiles(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("vpp: list IKEv2 profiles: %w", err)
+	}
+	p := &Programmer{
+		conn: conn, log: log, local: o.LocalAddress.Unmap(), uplink: uplink, now: time.Now,
+		conns: make(map[string]*connState), loops: map[uint32]interface_types.InterfaceIndex{},
+	}
+	for name, idx := range ifs {
+		var table uint32
+		if _, err := fmt.Sscanf(name, "loop%d", &table); err == nil && loopbackName(table) == name {
+			p.loops[table] = idx
+		}
+	}
+	for name, tun := range profiles {
+		st := &connState{dying: true, hasProfile: true}
+		if tun != ^uint32(0) {
+			st.tunnel, st.hasTunnel = interface_types.InterfaceIndex(tun), true
+		}
+		p.conns[name] = st
+		log.Info("vpp: found IKEv2 profile from an earlier run, it will be replaced", "connection", name, "tunnel_sw_if_index", tun)
 	}
 	log.Info("vpp: programmer ready", "uplink", o.UplinkInterface, "uplink_sw_if_index", uint32(uplink), "local_address", o.LocalAddress)
-	return &Programmer{
-		conn: conn, log: log, local: o.LocalAddress.Unmap(), uplink: uplink, now: time.Now,
-		conns: make(map[string]*connState),
-	}, nil
+	return p, nil
 }
 
 // Apply makes VPP match cfg. Input is validated first: an invalid configuration returns an error naming
@@ -214,12 +243,25 @@ func (p *Programmer) vrfSteps(s vrfSpec) []step {
 			return p.call(ctx, obj, &interfaces.SwInterfaceSetTable{SwIfIndex: p.vrf.loop, IsIPv6: ip6, VrfID: s.tableID}, &interfaces.SwInterfaceSetTableReply{})
 		}}
 	}
-	return []step{
-		table(false),
-		table(true),
-		{"create_loopback", func(ctx context.Context) error {
-			r := &interfaces.CreateLoopbackReply{}
-			if err := p.call(ctx, obj, &interfaces.CreateLoopback{}, r); err != nil {
+	flush := func(ip6 bool) step {
+		return step{"ip_table_flush", func(ctx context.Context) error {
+			return p.call(ctx, obj, &ip.IPTableFlush{Table: ip.IPTable{TableID: s.tableID, IsIP6: ip6}}, &ip.IPTableFlushReply{})
+		}}
+	}
+	steps := []step{table(false), table(true)}
+	if p.vrf.hasLeftover {
+		steps = append(steps, flush(false), flush(true), step{"delete_loopback", func(ctx context.Context) error {
+			if err := p.call(ctx, obj, &interfaces.DeleteLoopback{SwIfIndex: p.vrf.leftover}, &interfaces.DeleteLoopbackReply{}); err != nil {
+				return err
+			}
+			delete(p.loops, s.tableID)
+			return nil
+		}})
+	}
+	return append(steps,
+		step{"create_loopback_instance", func(ctx context.Context) error {
+			r := &interfaces.CreateLoopbackInstanceReply{}
+			if err := p.call(ctx, obj, &interfaces.CreateLoopbackInstance{IsSpecified: true, UserInstance: s.tableID}, r); err != nil {
 				return err
 			}
 			p.vrf.loop, p.vrf.hasLoop = r.SwIfIndex, true
@@ -227,22 +269,23 @@ func (p *Programmer) vrfSteps(s vrfSpec) []step {
 		}},
 		setTable(false),
 		setTable(true),
-		{"sw_interface_add_del_address", func(ctx context.Context) error {
+		step{"sw_interface_add_del_address", func(ctx context.Context) error {
 			return p.call(ctx, obj, &interfaces.SwInterfaceAddDelAddress{
 				SwIfIndex: p.vrf.loop, IsAdd: true,
 				Prefix: ip_types.AddressWithPrefix(toPrefix(vrfLoopbackAddr)),
 			}, &interfaces.SwInterfaceAddDelAddressReply{})
 		}},
-		{"sw_interface_set_flags", func(ctx context.Context) error {
+		step{"sw_interface_set_flags", func(ctx context.Context) error {
 			return p.call(ctx, obj, &interfaces.SwInterfaceSetFlags{SwIfIndex: p.vrf.loop, Flags: interface_types.IF_STATUS_API_FLAG_ADMIN_UP}, &interfaces.SwInterfaceSetFlagsReply{})
 		}},
-	}
+	)
 }
 
 // ensureVRF creates what is missing of the tenant VRF.
 func (p *Programmer) ensureVRF(ctx context.Context, s vrfSpec) error {
 	if p.vrf == nil {
 		p.vrf = &vrfState{spec: s}
+		p.vrf.leftover, p.vrf.hasLeftover = p.loops[s.tableID]
 	}
 	steps := p.vrfSteps(s)
 	if p.vrf.done == len(steps) {

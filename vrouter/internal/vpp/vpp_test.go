@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -49,8 +50,12 @@ func describe(r vpptest.Request) string {
 	switch m := r.Msg.(type) {
 	case *ip.IPTableAddDel:
 		return fmt.Sprintf("ip_table_add_del add=%v table=%d ip6=%v", m.IsAdd, m.Table.TableID, m.Table.IsIP6)
-	case *interfaces.CreateLoopback:
-		return "create_loopback"
+	case *interfaces.CreateLoopbackInstance:
+		return fmt.Sprintf("create_loopback_instance specified=%v instance=%d", m.IsSpecified, m.UserInstance)
+	case *ip.IPTableFlush:
+		return fmt.Sprintf("ip_table_flush table=%d ip6=%v", m.Table.TableID, m.Table.IsIP6)
+	case *ikev2.Ikev2ProfileDump:
+		return "ikev2_profile_dump"
 	case *interfaces.DeleteLoopback:
 		return fmt.Sprintf("delete_loopback if=%d", m.SwIfIndex)
 	case *interfaces.SwInterfaceSetTable:
@@ -62,7 +67,7 @@ func describe(r vpptest.Request) string {
 	case *interfaces.SwInterfaceSetUnnumbered:
 		return fmt.Sprintf("sw_interface_set_unnumbered if=%d unnumbered=%d add=%v", m.SwIfIndex, m.UnnumberedSwIfIndex, m.IsAdd)
 	case *interfaces.SwInterfaceDump:
-		return fmt.Sprintf("sw_interface_dump name=%s", m.NameFilter)
+		return fmt.Sprintf("sw_interface_dump filter=%v", m.NameFilterValid)
 	case *ipip.IpipAddTunnel:
 		return fmt.Sprintf("ipip_add_tunnel %s->%s table=%d", m.Tunnel.Src, m.Tunnel.Dst, m.Tunnel.TableID)
 	case *ipip.IpipDelTunnel:
@@ -106,7 +111,7 @@ func vrfCreate(table uint32) []string {
 	return []string{
 		fmt.Sprintf("ip_table_add_del add=true table=%d ip6=false", table),
 		fmt.Sprintf("ip_table_add_del add=true table=%d ip6=true", table),
-		"create_loopback",
+		fmt.Sprintf("create_loopback_instance specified=true instance=%d", table),
 		fmt.Sprintf("sw_interface_set_table if=2 ip6=false vrf=%d", table),
 		fmt.Sprintf("sw_interface_set_table if=2 ip6=true vrf=%d", table),
 		"sw_interface_add_del_address if=2 add=true 169.254.0.1/32",
@@ -155,16 +160,23 @@ func concat(parts ...[]string) []string {
 func newProgrammer(t *testing.T) (*vpp.Programmer, *vpptest.Recorder) {
 	t.Helper()
 	c, rec := vpptest.NewMockVPP(t)
+	return newProgrammerOn(t, c, rec), rec
+}
+
+// newProgrammerOn starts a Programmer on an existing mock VPP (a restarted vrouter).
+func newProgrammerOn(t *testing.T, c api.Connection, rec *vpptest.Recorder) *vpp.Programmer {
+	t.Helper()
+	rec.Reset()
 	p, err := vpp.New(c, vpp.Options{UplinkInterface: vpptest.Uplink, LocalAddress: netip.MustParseAddr(local)})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	if got := describeAll(rec.Requests()); !slices.Equal(got, []string{"sw_interface_dump name=" + vpptest.Uplink}) {
-		t.Fatalf("New sent %q, want only the uplink lookup", got)
+	if got := describeAll(rec.Requests()); !slices.Equal(got, []string{"sw_interface_dump filter=false", "ikev2_profile_dump"}) {
+		t.Fatalf("New sent %q, want the interface and profile dumps", got)
 	}
 	rec.Reset()
-	return p, rec
+	return p
 }
 
 func diff(t *testing.T, step string, got, want []string) {
@@ -301,9 +313,9 @@ func TestApplyVPPErrors(t *testing.T) {
 		},
 		{
 			name:      "vrf creation fails: no connection is attempted",
-			failMsg:   "create_loopback",
+			failMsg:   "create_loopback_instance",
 			cfg:       config(7, branch1),
-			wantErr:   []string{"vrf 7", "create_loopback", "retval -1"},
+			wantErr:   []string{"vrf 7", "create_loopback_instance", "retval -1"},
 			wantSent:  vrfCreate(7)[:3],
 			wantRetry: concat(vrfCreate(7)[2:], b1),
 		},
@@ -536,4 +548,43 @@ func TestConnectWithoutVPP(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no VPP API socket at "+sock) {
 		t.Fatalf("Connect error = %v, want one saying there is no VPP socket at %s", err, sock)
 	}
+}
+
+func TestRestartReplacesLeftovers(t *testing.T) {
+	c, rec := vpptest.NewMockVPP(t)
+	ctx := context.Background()
+	first := newProgrammerOn(t, c, rec)
+	if err := first.Apply(ctx, config(7, branch1, branch2)); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.Close() // the vrouter restarts; VPP keeps its configuration
+
+	second := newProgrammerOn(t, c, rec)
+	if err := second.Apply(ctx, config(7, branch1)); err != nil {
+		t.Fatalf("Apply after restart: %v", err)
+	}
+	// loopback was 2, tunnels 3 and 4; the new loopback is 5 and branch1's tunnel 6
+	vrf := []string{
+		"ip_table_add_del add=true table=7 ip6=false",
+		"ip_table_add_del add=true table=7 ip6=true",
+		"ip_table_flush table=7 ip6=false",
+		"ip_table_flush table=7 ip6=true",
+		"delete_loopback if=2",
+	}
+	vrf = append(vrf, strings.Split(strings.ReplaceAll(strings.Join(vrfCreate(7)[2:], "\n"), "if=2", "if=5"), "\n")...)
+	b1 := connCreate("branch1", "203.0.113.9", psk1, 6, 7, "10.0.0.0-10.0.255.255", "192.168.1.0-192.168.2.255", "192.168.1.0/24", "192.168.2.0/24")
+	b1[3] = "sw_interface_set_unnumbered if=5 unnumbered=6 add=true"
+	diff(t, "apply after restart", describeAll(rec.Requests()), concat(
+		[]string{"ikev2_profile_add_del branch1 add=false", "ipip_del_tunnel if=3", "ikev2_profile_add_del branch2 add=false", "ipip_del_tunnel if=4"},
+		vrf, b1))
+
+	want := map[uint32]string{vpptest.UplinkIndex: vpptest.Uplink, 5: "loop7", 6: "ipip6"}
+	if got := rec.Interfaces(); !maps.Equal(got, want) {
+		t.Errorf("VPP interfaces after restart %v, want %v (nothing leaked)", got, want)
+	}
+	rec.Reset()
+	if err := second.Apply(ctx, config(7, branch1)); err != nil {
+		t.Fatal(err)
+	}
+	diff(t, "same again", describeAll(rec.Requests()), nil)
 }

@@ -1,8 +1,10 @@
 // Package vpptest provides an in-process stand-in for VPP built on govpp's mock adapter
 // (go.fd.io/govpp/adapter/mock) and govpp's real core, for tests of code that drives package vpp. VPP
 // itself cannot be installed in the test environment; the mock answers the messages package vpp sends
-// the way VPP does (retval 0, fresh sw_if_index values for created interfaces, dumps of interfaces and
-// IKE SAs) and records every request.
+// the way VPP does (retval 0, fresh sw_if_index values for created interfaces, "already exists" for a
+// second profile or loopback instance of the same name, dumps of interfaces, IKEv2 profiles and IKE SAs)
+// and records every request. It keeps its state across Programmers on the same connection, like VPP
+// across vrouter restarts.
 package vpptest
 
 import (
@@ -50,6 +52,7 @@ type Recorder struct {
 	reqs       []Request
 	fail       map[string][]int32
 	sas        map[string]ikev2_types.Ikev2State
+	profiles   map[string]uint32 // IKEv2 profile name -> tunnel interface (~0: none)
 	interfaces map[interface_types.InterfaceIndex]string
 	next       interface_types.InterfaceIndex
 }
@@ -124,6 +127,7 @@ func NewMockVPP(t testing.TB) (api.Connection, *Recorder) {
 	rec := &Recorder{
 		fail:       map[string][]int32{},
 		sas:        map[string]ikev2_types.Ikev2State{},
+		profiles:   map[string]uint32{},
 		interfaces: map[interface_types.InterfaceIndex]string{UplinkIndex: Uplink},
 		next:       UplinkIndex + 1,
 	}
@@ -265,20 +269,54 @@ func (r *Recorder) answer(name string, m api.Message) (api.Message, bool) {
 	rv := r.takeFailure(name)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	newIf := func(prefix string) interface_types.InterfaceIndex {
+	newIf := func(prefix string, instance uint32) interface_types.InterfaceIndex {
 		if rv != 0 {
 			return 0
 		}
 		idx := r.next
 		r.next++
-		r.interfaces[idx] = prefix + strconv.FormatUint(uint64(idx), 10)
+		r.interfaces[idx] = prefix + strconv.FormatUint(uint64(instance), 10)
 		return idx
 	}
 	switch req := m.(type) {
+	case *interfaces.CreateLoopbackInstance:
+		name := "loop" + strconv.FormatUint(uint64(req.UserInstance), 10)
+		if rv == 0 && req.IsSpecified && slices.Contains(slices.Collect(maps.Values(r.interfaces)), name) {
+			rv = -56 // VNET_API_ERROR_INSTANCE_IN_USE
+		}
+		inst := uint32(r.next)
+		if req.IsSpecified {
+			inst = req.UserInstance
+		}
+		return &interfaces.CreateLoopbackInstanceReply{Retval: rv, SwIfIndex: newIf("loop", inst)}, true
+	case *ikev2.Ikev2ProfileAddDel:
+		if rv == 0 {
+			_, exists := r.profiles[req.Name]
+			switch {
+			case req.IsAdd && exists:
+				rv = -1
+			case req.IsAdd:
+				r.profiles[req.Name] = ^uint32(0)
+			case !exists:
+				rv = -1
+			default:
+				delete(r.profiles, req.Name)
+			}
+		}
+		return &ikev2.Ikev2ProfileAddDelReply{Retval: rv}, true
+	case *ikev2.Ikev2SetTunnelInterface:
+		if rv == 0 {
+			if _, ok := r.profiles[req.Name]; ok {
+				r.profiles[req.Name] = uint32(req.SwIfIndex)
+			} else {
+				rv = -1
+			}
+		}
+		return &ikev2.Ikev2SetTunnelInterfaceReply{Retval: rv}, true
 	case *ipip.IpipAddTunnel:
-		return &ipip.IpipAddTunnelReply{Retval: rv, SwIfIndex: newIf("ipip")}, true
+		return &ipip.IpipAddTunnelReply{Retval: rv, SwIfIndex: newIf("ipip", uint32(r.next))}, true
 	case *interfaces.CreateLoopback:
-		return &interfaces.CreateLoopbackReply{Retval: rv, SwIfIndex: newIf("loop")}, true
+		return &interfaces.CreateLoopbackReply{Retval: rv, SwIfIndex: newIf("loop", uint32(r.next))}, true
 	case *ipip.IpipDelTunnel:
 		if rv == 0 {
 			delete(r.interfaces, req.SwIfIndex)
@@ -315,6 +353,10 @@ func (r *Recorder) details(m api.Message) []api.Message {
 				continue
 			}
 			out = append(out, &interfaces.SwInterfaceDetails{SwIfIndex: idx, SupSwIfIndex: uint32(idx), InterfaceName: name})
+		}
+	case *ikev2.Ikev2ProfileDump:
+		for _, name := range slices.Sorted(maps.Keys(r.profiles)) {
+			out = append(out, &ikev2.Ikev2ProfileDetails{Profile: ikev2_types.Ikev2Profile{Name: name, TunItf: r.profiles[name]}})
 		}
 	case *ikev2.Ikev2SaV3Dump:
 		i := uint32(0)

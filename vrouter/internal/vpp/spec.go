@@ -69,6 +69,11 @@ func validate(cfg *vrouterv1.WatchVRouterConfigResponse, local netip.Addr) (*des
 		if _, dup := d.conns[s.name]; dup {
 			return nil, fmt.Errorf("connection %q: name: appears twice", s.name)
 		}
+		for _, other := range d.order {
+			if d.conns[other].remote == s.remote {
+				return nil, fmt.Errorf("connection %q: remote_address: %s is already connection %q's (one tunnel per device)", s.name, s.remote, other)
+			}
+		}
 		d.conns[s.name] = s
 		d.order = append(d.order, s.name)
 	}

@@ -59,11 +59,12 @@ type Programmer struct {
 	uplink interface_types.InterfaceIndex
 	now    func() time.Time
 
-	mu    sync.Mutex
-	loops map[uint32]interface_types.InterfaceIndex // loopbacks left by an earlier run, by table id
-	vrf   *vrfState
-	conns map[string]*connState
-	order []string // configured connections, in config order
+	mu     sync.Mutex
+	closed bool
+	loops  map[uint32]interface_types.InterfaceIndex // loopbacks left by an earlier run, by table id
+	vrf    *vrfState
+	conns  map[string]*connState
+	order  []string // configured connections, in config order
 }
 
 // vrfState is what exists of the tenant VRF; done counts completed vrfSteps.
@@ -174,6 +175,9 @@ func New(conn api.Connection, o Options) (*Programmer, error) {
 func (p *Programmer) Apply(ctx context.Context, cfg *vrouterv1.WatchVRouterConfigResponse) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
 	want, err := validate(cfg, p.local)
 	if err != nil {
 		return fmt.Errorf("vpp: invalid config: %w", err)
@@ -462,6 +466,9 @@ func (p *Programmer) deleteConn(ctx context.Context, name string) error {
 func (p *Programmer) Status(ctx context.Context) ([]*vrouterv1.ConnectionStatus, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
 	up := map[string]bool{}
 	if len(p.order) > 0 {
 		err := dump(ctx, p.conn, &ikev2.Ikev2SaV3Dump{}, func(m api.Message) {
@@ -497,11 +504,16 @@ func (p *Programmer) Status(ctx context.Context) ([]*vrouterv1.ConnectionStatus,
 	return out, nil
 }
 
+// ErrClosed is returned by Apply and Status after Close.
+var ErrClosed = errors.New("vpp: programmer closed")
+
 // Close forgets the Programmer's state; it leaves VPP's configuration in place (the data plane keeps
-// forwarding while the vrouter restarts) and does not close the connection.
+// forwarding until the next Programmer replaces it) and does not close the connection. Apply and
+// Status return ErrClosed afterwards.
 func (p *Programmer) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.vrf, p.conns, p.order = nil, map[string]*connState{}, nil
+	p.closed = true
+	p.vrf, p.conns, p.order = nil, nil, nil
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.fd.io/govpp/api"
@@ -390,6 +391,7 @@ func TestApplyRejectsBadInput(t *testing.T) {
 		{"name with space", config(7, conn("a b", "203.0.113.9", nil, nil, psk1)), `connection "a b": name`},
 		{"name too long", config(7, conn(strings.Repeat("n", 64), "203.0.113.9", nil, nil, psk1)), ": name: longer than 63"},
 		{"duplicate name", config(7, branch1, branch1), `connection "branch1": name: appears twice`},
+		{"duplicate remote address", config(7, branch1, conn("b", "203.0.113.9", nil, nil, psk1)), `connection "b": remote_address: 203.0.113.9 is already connection "branch1"'s`},
 		{"ike v1", config(7, &vrouterv1.IpsecConnection{Name: "b", RemoteAddress: "203.0.113.9", IkeVersion: 1, PreSharedKey: psk1}), `connection "b": ike_version`},
 		// a good connection before the bad one is not applied either
 		{"good then bad", config(7, branch1, conn("b", "203.0.113.9", nil, []string{"nope"}, psk1)), `connection "b": remote_subnets[0]`},
@@ -587,4 +589,54 @@ func TestRestartReplacesLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	diff(t, "same again", describeAll(rec.Requests()), nil)
+}
+
+func TestClosedAndConcurrentUse(t *testing.T) {
+	p, rec := newProgrammer(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make(chan error, 40)
+	for i := range 20 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			cfg := config(7, branch1)
+			if i%2 == 1 {
+				cfg = config(7, branch1, branch2)
+			}
+			errs <- p.Apply(ctx, cfg)
+		}()
+		go func() {
+			defer wg.Done()
+			_, err := p.Status(ctx)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("concurrent use: %v", err)
+		}
+	}
+	// Whatever the interleaving, VPP ends with one loopback and one tunnel per connection.
+	if err := p.Apply(ctx, config(7, branch1, branch2)); err != nil {
+		t.Fatal(err)
+	}
+	if ifs := rec.Interfaces(); len(ifs) != 4 {
+		t.Errorf("VPP interfaces %v, want the uplink, the loopback and two tunnels", ifs)
+	}
+	rec.Reset()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Apply(ctx, config(7, branch1)); !errors.Is(err, vpp.ErrClosed) {
+		t.Errorf("Apply after Close = %v, want ErrClosed", err)
+	}
+	if _, err := p.Status(ctx); !errors.Is(err, vpp.ErrClosed) {
+		t.Errorf("Status after Close = %v, want ErrClosed", err)
+	}
+	if n := rec.Names(); len(n) != 0 {
+		t.Errorf("sent %q after Close", n)
+	}
 }

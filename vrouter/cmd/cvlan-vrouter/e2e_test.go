@@ -432,7 +432,11 @@ func TestRegistrationEndToEnd(t *testing.T) {
 	}
 }
 
-// nopDataplane stands in where VPP must not matter (the refused enrollment).
+func nopConnect(context.Context, string, vpp.Options) (control.Dataplane, func(), error) {
+	return nopDataplane{}, func() {}, nil
+}
+
+// nopDataplane stands in where VPP must not matter (refused enrollments).
 type nopDataplane struct{}
 
 func (nopDataplane) Apply(context.Context, *vrouterv1.WatchVRouterConfigResponse) error { return nil }

@@ -70,6 +70,8 @@ var (
 	nodePortRE  = regexp.MustCompile(`msg=listening port=node addr=(\S+)`)
 	apiPortRE   = regexp.MustCompile(`msg=listening port=api addr=(\S+)`)
 	bootstrapRE = regexp.MustCompile(`bootstrap admin API key: (cvk_[A-Za-z0-9_-]+)`)
+	// appliedThreeRE is the vrouter's log line for a configuration of three connections applied.
+	appliedThreeRE = regexp.MustCompile(`msg="vrouter configuration applied" version=\d+ connections=3 `)
 )
 
 // startController runs the real controller binary on loopback until the test ends and returns its
@@ -351,9 +353,8 @@ func TestRegistrationEndToEnd(t *testing.T) {
 	eventually(t, time.Minute, "the failed apply is logged, retried and then applied", func() error {
 		log := p.log.String()
 		failed := strings.Index(log, "applying the vrouter configuration failed")
-		applied := strings.LastIndex(log, "connections=3")
-		if names, _ := profiles(rec); failed < 0 || applied < failed || !strings.Contains(log[applied-120:applied], "vrouter configuration applied") ||
-			strings.Count(strings.Join(names, " "), "lab-fw") != 2 {
+		applied := appliedThreeRE.FindStringIndex(log)
+		if names, _ := profiles(rec); failed < 0 || applied == nil || applied[0] < failed || strings.Count(strings.Join(names, " "), "lab-fw") != 2 {
 			return fmt.Errorf("profiles %v, log:\n%s", names, log)
 		}
 		return nil

@@ -194,21 +194,11 @@ func TestTarget(t *testing.T) {
 }
 
 func TestRetryStopsOnPermanent(t *testing.T) {
-	f := nodeclienttest.Start(t, time.Hour, vrouterID, nil)
-	st, err := nodeclient.Enroll(context.Background(), nodeclient.EnrollOptions{Target: f.Addr, Token: nodeclienttest.Token, Kind: nodev1.IdentityKind_IDENTITY_KIND_VROUTER, RootCAs: f.Roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, _ := nodeclient.NewCredentials(st)
-	cl, err := nodeclient.Dial(f.Addr, st, creds, nodeclient.Store{Dir: t.TempDir(), Name: "vrouter"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := nodeclienttest.Start(t, time.Hour, vrouterID, nil).Client(t, nodev1.IdentityKind_IDENTITY_KIND_VROUTER)
 	cl.MinBackoff, cl.MaxBackoff = time.Millisecond, 4*time.Millisecond
 	calls := 0
 	gone := errors.New("gone")
-	err = cl.Retry(context.Background(), "test", func(context.Context) error {
+	err := cl.Retry(context.Background(), "test", func(context.Context) error {
 		if calls++; calls < 3 {
 			return errors.New("transient")
 		}
@@ -228,16 +218,8 @@ func TestRunRenewalRenewsAtTwoThirds(t *testing.T) {
 	f := nodeclienttest.Start(t, 3*time.Second, vrouterID, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := nodeclient.Enroll(ctx, nodeclient.EnrollOptions{Target: f.Addr, Token: nodeclienttest.Token, Kind: nodev1.IdentityKind_IDENTITY_KIND_VROUTER, RootCAs: f.Roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, _ := nodeclient.NewCredentials(st)
-	cl, err := nodeclient.Dial(f.Addr, st, creds, nodeclient.Store{Dir: t.TempDir(), Name: "vrouter"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := f.Client(t, nodev1.IdentityKind_IDENTITY_KIND_VROUTER)
+	creds := cl.Credentials()
 	rctx, rcancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); cl.RunRenewal(rctx) }()

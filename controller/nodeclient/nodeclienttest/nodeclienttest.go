@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/cloudvlan/cloudvlan/controller/nodeclient"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
 
@@ -163,4 +164,24 @@ func (c *Controller) RenewCertificate(ctx context.Context, req *nodev1.RenewCert
 	c.renewed++
 	c.mu.Unlock()
 	return &nodev1.RenewCertificateResponse{CertificateChainDer: [][]byte{c.sign(csr.PublicKey, uri, c.ttl, false)}}, nil
+}
+
+// Client enrolls with Token as kind and returns a client with the resulting state (saved in a
+// temporary directory on renewal), closed when the test ends.
+func (c *Controller) Client(t testing.TB, kind nodev1.IdentityKind) *nodeclient.Client {
+	t.Helper()
+	st, err := nodeclient.Enroll(context.Background(), nodeclient.EnrollOptions{Target: c.Addr, Token: Token, Kind: kind, RootCAs: c.Roots})
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := nodeclient.NewCredentials(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := nodeclient.Dial(c.Addr, st, creds, nodeclient.Store{Dir: t.TempDir(), Name: "test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
 }

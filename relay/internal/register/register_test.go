@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/cloudvlan/cloudvlan/controller/nodeclient"
 	"github.com/cloudvlan/cloudvlan/controller/nodeclient/nodeclienttest"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 	relayv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/relay/v1"
@@ -53,17 +52,7 @@ func TestWatchAndReport(t *testing.T) {
 		func(s *grpc.Server) { relayv1.RegisterRelayControlServiceServer(s, rc) })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := nodeclient.Enroll(ctx, nodeclient.EnrollOptions{Target: f.Addr, Token: nodeclienttest.Token, Kind: nodev1.IdentityKind_IDENTITY_KIND_RELAY, RootCAs: f.Roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, _ := nodeclient.NewCredentials(st)
-	ncl, err := nodeclient.Dial(f.Addr, st, creds, nodeclient.Store{Dir: t.TempDir(), Name: "relay"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ncl.Close()
-	cl := New(ncl)
+	cl := New(f.Client(t, nodev1.IdentityKind_IDENTITY_KIND_RELAY))
 
 	got := make(chan *relayv1.WatchRelayConfigResponse, 1)
 	wctx, wcancel := context.WithCancel(ctx)

@@ -93,20 +93,8 @@ func dial(t *testing.T, f *fakeVRouterControl) *nodeclient.Client {
 	t.Helper()
 	c := nodeclienttest.Start(t, time.Hour, &nodev1.NodeIdentity{Kind: nodev1.IdentityKind_IDENTITY_KIND_VROUTER, ResourceId: "v1", SpiffeId: "spiffe://td/tenant/t1/vrouter/v1"},
 		func(s *grpc.Server) { vrouterv1.RegisterVRouterControlServiceServer(s, f) })
-	st, err := nodeclient.Enroll(context.Background(), nodeclient.EnrollOptions{Target: c.Addr, Token: nodeclienttest.Token, Kind: nodev1.IdentityKind_IDENTITY_KIND_VROUTER, RootCAs: c.Roots})
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds, err := nodeclient.NewCredentials(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := nodeclient.Dial(c.Addr, st, creds, nodeclient.Store{Dir: t.TempDir(), Name: "vrouter"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := c.Client(t, nodev1.IdentityKind_IDENTITY_KIND_VROUTER)
 	cl.MinBackoff, cl.MaxBackoff = 10*time.Millisecond, 50*time.Millisecond
-	t.Cleanup(func() { _ = cl.Close() })
 	return cl
 }
 

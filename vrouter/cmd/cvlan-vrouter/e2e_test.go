@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,6 +22,9 @@ import (
 	"connectrpc.com/connect"
 	"go.fd.io/govpp/binapi/ikev2"
 	"go.fd.io/govpp/binapi/ip"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
@@ -146,12 +150,13 @@ type vrouterProc struct {
 	done   chan error
 	log    *syncBuffer
 	rec    chan *vpptest.Recorder
+	admin  chan net.Addr
 }
 
 func startVRouter(t *testing.T, args ...string) *vrouterProc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &vrouterProc{cancel: cancel, done: make(chan error, 1), log: &syncBuffer{}, rec: make(chan *vpptest.Recorder, 1)}
+	p := &vrouterProc{cancel: cancel, done: make(chan error, 1), log: &syncBuffer{}, rec: make(chan *vpptest.Recorder, 1), admin: make(chan net.Addr, 1)}
 	h := &hooks{dataplane: func(ctx context.Context, _ string, o vpp.Options) (control.Dataplane, func(), error) {
 		conn, rec := vpptest.NewMockVPP(t)
 		prog, err := vpp.New(conn, o)
@@ -160,7 +165,7 @@ func startVRouter(t *testing.T, args ...string) *vrouterProc {
 		}
 		p.rec <- rec
 		return prog, func() { _ = prog.Close() }, nil
-	}}
+	}, ready: func(a net.Addr) { p.admin <- a }}
 	go func() { p.done <- run(ctx, append([]string{"up"}, args...), io.Discard, p.log, h) }()
 	t.Cleanup(func() {
 		p.stop(t)
@@ -320,6 +325,15 @@ func TestRegistrationEndToEnd(t *testing.T) {
 		}
 		return nil
 	})
+	// The admin endpoint serves gRPC health.
+	gc, err := grpc.NewClient("passthrough:///"+(<-p.admin).String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hr, err := healthpb.NewHealthClient(gc).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", hr, err)
+	}
+	_ = gc.Close()
 	for _, f := range []string{"vrouter.key", "vrouter.crt", "root.pem", "identity.json", "wireguard.key"} {
 		if st, err := os.Stat(filepath.Join(stateDir, f)); err != nil || st.Mode().Perm() != 0o600 {
 			t.Fatalf("state file %s: %v %v", f, st, err)

@@ -120,12 +120,12 @@ func Run(ctx context.Context, cl *nodeclient.Client, dp Dataplane, o Options) er
 			continue
 		}
 		changed := l.apply(ctx, force)
+		known.Lock()
+		knownVersion = l.applied // a reconnected stream resumes from here
+		known.Unlock()
 		if !changed {
 			continue
 		}
-		known.Lock()
-		knownVersion = l.applied
-		known.Unlock()
 		if l.applyErr != nil {
 			retry = time.After(nodeclient.Jitter(l.retry))
 			l.retry = min(2*l.retry, o.MaxRetry)

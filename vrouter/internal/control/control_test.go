@@ -24,8 +24,12 @@ type fakeVRouterControl struct {
 	vrouterv1.UnimplementedVRouterControlServiceServer
 	cfg *vrouterv1.WatchVRouterConfigResponse
 
+	// endStream ends each stream after its configuration, as a controller restart would.
+	endStream bool
+
 	mu      sync.Mutex
 	refuse  bool
+	known   []uint64
 	reports []*vrouterv1.ReportConnectionStatusRequest
 }
 
@@ -36,11 +40,19 @@ func (f *fakeVRouterControl) refused() bool {
 }
 
 func (f *fakeVRouterControl) WatchVRouterConfig(req *vrouterv1.WatchVRouterConfigRequest, s grpc.ServerStreamingServer[vrouterv1.WatchVRouterConfigResponse]) error {
+	f.mu.Lock()
+	f.known = append(f.known, req.GetKnownVersion())
+	f.mu.Unlock()
 	if f.refused() {
 		return status.Error(codes.Unauthenticated, "vrouter v1 was deleted")
 	}
-	if err := s.Send(f.cfg); err != nil {
-		return err
+	if req.GetKnownVersion() != f.cfg.GetVersion() {
+		if err := s.Send(f.cfg); err != nil {
+			return err
+		}
+	}
+	if f.endStream {
+		return status.Error(codes.Unavailable, "controller shutting down")
 	}
 	<-s.Context().Done()
 	return nil
@@ -175,5 +187,28 @@ func TestWatchRefusalEndsRunAndContextEndsItCleanly(t *testing.T) {
 	defer cancel()
 	if err := Run(ctx, cl, &flakyDataplane{}, Options{}); err != nil {
 		t.Fatalf("Run until the context ends = %v, want nil", err)
+	}
+}
+
+// A broken stream is reopened with the applied version, which the controller does not send again.
+func TestStreamResumesWithKnownVersion(t *testing.T) {
+	f := &fakeVRouterControl{endStream: true, cfg: &vrouterv1.WatchVRouterConfigResponse{Version: 3, Vrf: &vrouterv1.Vrf{TableId: 9}}}
+	cl := dial(t, f)
+	dp := &flakyDataplane{calls: 1} // no failure
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cl, dp, Options{}) }()
+	waitFor(t, "three streams", func() bool { f.mu.Lock(); defer f.mu.Unlock(); return len(f.known) >= 3 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.known[0] != 0 || f.known[len(f.known)-1] != 3 {
+		t.Fatalf("known versions %v, want 0 then 3", f.known)
+	}
+	if len(dp.applied) != 1 {
+		t.Fatalf("applied %v, want once", dp.applied)
 	}
 }

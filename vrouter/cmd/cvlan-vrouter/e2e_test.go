@@ -300,6 +300,21 @@ func TestRegistrationEndToEnd(t *testing.T) {
 		return r.Msg.GetVrouter()
 	}
 
+	// update replaces the connections. Every status report bumps the vrouter's etag, so a stale etag
+	// (ABORTED) is retried with the current one, as a console user would.
+	update := func(conns ...*v1.VRouterConnection) {
+		t.Helper()
+		eventually(t, 30*time.Second, "UpdateVRouter", func() error {
+			_, err := vrouters.UpdateVRouter(ctx, connect.NewRequest(&v1.UpdateVRouterRequest{TenantId: tid,
+				Vrouter:    &v1.VRouter{Id: vrID, Etag: get().GetEtag(), Connections: conns},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"connections"}}}))
+			if err != nil && connect.CodeOf(err) != connect.CodeAborted {
+				t.Fatalf("UpdateVRouter: %v", err)
+			}
+			return err
+		})
+	}
+
 	// Step 2: `up` enrolls with the token, programs VPP and reports; the API shows it.
 	stateDir := filepath.Join(t.TempDir(), "state")
 	args := []string{"--controller", "https://" + nodeAddr, "--controller-ca", rootCA, "--state-dir", stateDir,
@@ -341,16 +356,11 @@ func TestRegistrationEndToEnd(t *testing.T) {
 	}
 
 	// Step 3: a connection added in the API reaches VPP.
-	cur := get()
 	hq.PreSharedKey = "" // keeps the key
 	dc := &v1.VRouterConnection{Name: "dc-fw", RemoteAddress: "203.0.113.60", LocalSubnets: []string{"100.64.0.0/10"},
 		RemoteSubnets: []string{"10.30.0.0/16"}, PreSharedKey: "another-long-secret-key"}
 	added := time.Now()
-	if _, err := vrouters.UpdateVRouter(ctx, connect.NewRequest(&v1.UpdateVRouterRequest{TenantId: tid,
-		Vrouter:    &v1.VRouter{Id: vrID, Etag: cur.GetEtag(), Connections: []*v1.VRouterConnection{hq, dc}},
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"connections"}}})); err != nil {
-		t.Fatalf("UpdateVRouter: %v", err)
-	}
+	update(hq, dc)
 	eventually(t, time.Minute, "the added connection reaches VPP", func() error { return hasProfile(rec, "dc-fw") })
 	t.Logf("added connection reached VPP in %v", time.Since(added).Round(time.Millisecond))
 
@@ -359,11 +369,7 @@ func TestRegistrationEndToEnd(t *testing.T) {
 	lab := &v1.VRouterConnection{Name: "lab-fw", RemoteAddress: "203.0.113.70", LocalSubnets: []string{"100.64.0.0/10"},
 		RemoteSubnets: []string{"10.40.0.0/16"}, PreSharedKey: "yet-another-long-secret"}
 	dc.PreSharedKey = ""
-	if _, err := vrouters.UpdateVRouter(ctx, connect.NewRequest(&v1.UpdateVRouterRequest{TenantId: tid,
-		Vrouter:    &v1.VRouter{Id: vrID, Etag: get().GetEtag(), Connections: []*v1.VRouterConnection{hq, dc, lab}},
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"connections"}}})); err != nil {
-		t.Fatalf("UpdateVRouter: %v", err)
-	}
+	update(hq, dc, lab)
 	eventually(t, time.Minute, "the failed apply is logged, retried and then applied", func() error {
 		log := p.log.String()
 		failed := strings.Index(log, "applying the vrouter configuration failed")

@@ -2,20 +2,18 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/cloudvlan/cloudvlan/controller/nodeclient"
+	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 	relayv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/relay/v1"
 	"github.com/cloudvlan/cloudvlan/relay/internal/register"
 	"github.com/cloudvlan/cloudvlan/relay/server"
@@ -29,25 +27,6 @@ type upOptions struct {
 	controller, token, stateDir, controllerCA string
 	advertise                                 []string
 	configWait                                time.Duration
-}
-
-// controllerTarget turns --controller (https://host[:port] or host:port)
-// into host:port; the node port defaults to 8444.
-func controllerTarget(s string) (string, error) {
-	if strings.Contains(s, "://") {
-		u, err := url.Parse(s)
-		if err != nil {
-			return "", fmt.Errorf("--controller %q: %w", s, err)
-		}
-		if u.Port() == "" {
-			return net.JoinHostPort(u.Hostname(), "8444"), nil
-		}
-		return u.Host, nil
-	}
-	if _, _, err := net.SplitHostPort(s); err != nil {
-		return net.JoinHostPort(s, "8444"), nil
-	}
-	return s, nil
 }
 
 // up enrolls with the controller on first start (or loads the saved
@@ -79,39 +58,16 @@ func up(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	st, err := register.Load(u.stateDir)
-	switch {
-	case err == nil:
-		log.Info("loaded relay identity", "relay_id", st.RelayID, "state_dir", u.stateDir)
-	case errors.Is(err, os.ErrNotExist):
-		if st, err = enroll(ctx, u, log); err != nil {
-			return err
-		}
-	default:
-		return err
-	}
-	creds, err := register.NewCredentials(st)
+	host, _ := os.Hostname()
+	ncl, err := nodeclient.Open(ctx, nodeclient.OpenOptions{
+		Store: nodeclient.Store{Dir: u.stateDir, Name: "relay"}, Controller: u.controller, ControllerCA: u.controllerCA,
+		Token: u.token, Kind: nodev1.IdentityKind_IDENTITY_KIND_RELAY, Hostname: host, Version: version, Log: log,
+	})
 	if err != nil {
 		return err
 	}
-	if time.Now().After(creds.NotAfter()) {
-		return fmt.Errorf("the relay certificate in %s expired at %s: delete the directory and enroll again with a new join token", u.stateDir, creds.NotAfter())
-	}
-	target := ""
-	if u.controller != "" {
-		if target, err = controllerTarget(u.controller); err != nil {
-			return err
-		}
-	} else if len(st.ControlEndpoints) > 0 {
-		target = st.ControlEndpoints[0]
-	} else {
-		return errors.New("--controller is required: the enrollment returned no control endpoint")
-	}
-	cl, err := register.Dial(target, st, creds, u.stateDir, log)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
+	defer ncl.Close()
+	cl, st, creds := register.New(ncl), ncl.State(), ncl.Credentials()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -139,7 +95,7 @@ func up(ctx context.Context, args []string, stderr io.Writer) error {
 	select {
 	case first = <-cfgs:
 	case <-time.After(u.configWait):
-		log.Warn("no relay configuration from the controller yet; serving with the flags", "controller", target)
+		log.Warn("no relay configuration from the controller yet; serving with the flags")
 	case <-ctx.Done():
 		return nil
 	}
@@ -160,7 +116,7 @@ func up(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		o.meshPeers = apply(first)
 	}
-	o.relayID = st.RelayID
+	o.relayID = st.ResourceID
 	rep := &reporter{cl: cl, log: log, started: time.Now(), interval: 30 * time.Second, wake: make(chan struct{}, 1)}
 	if first != nil && first.GetReportInterval().AsDuration() > 0 {
 		rep.interval = first.GetReportInterval().AsDuration()
@@ -190,47 +146,11 @@ func up(ctx context.Context, args []string, stderr io.Writer) error {
 	return serve(ctx, o, log, hooks)
 }
 
-func enroll(ctx context.Context, u upOptions, log *slog.Logger) (*register.State, error) {
-	if u.token == "" {
-		return nil, register.ErrNotEnrolled
-	}
-	if u.controller == "" {
-		return nil, errors.New("--controller is required on the first start")
-	}
-	target, err := controllerTarget(u.controller)
-	if err != nil {
-		return nil, err
-	}
-	var roots *x509.CertPool
-	if u.controllerCA != "" {
-		b, err := os.ReadFile(u.controllerCA)
-		if err != nil {
-			return nil, fmt.Errorf("--controller-ca: %w", err)
-		}
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("--controller-ca %s: no PEM certificate", u.controllerCA)
-		}
-	}
-	host, _ := os.Hostname()
-	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	st, err := register.Enroll(ectx, register.EnrollOptions{Target: target, Token: u.token, RootCAs: roots, Hostname: host, Version: version})
-	if err != nil {
-		return nil, err
-	}
-	if err := st.Save(u.stateDir); err != nil {
-		return nil, err
-	}
-	log.Info("enrolled", "relay_id", st.RelayID, "spiffe_id", st.SPIFFEID, "state_dir", u.stateDir)
-	return st, nil
-}
-
 // advertised returns the data-path URLs to report: the --advertise-url
 // values, else one per name in the certificate (DNS and IP SANs, which the
 // controller took from the relay resource's addresses) on the bound port,
 // else the bound address itself.
-func advertised(flagURLs []string, relay net.Addr, creds *register.Credentials) []string {
+func advertised(flagURLs []string, relay net.Addr, creds *nodeclient.Credentials) []string {
 	if len(flagURLs) > 0 {
 		return flagURLs
 	}

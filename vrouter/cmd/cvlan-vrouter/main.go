@@ -1,5 +1,17 @@
-// Command cvlan-vrouter runs CloudVLAN's vrouter. This first version starts, serves gRPC health on its admin
-// address and exits cleanly on SIGINT/SIGTERM; its data plane is being built (see the README).
+// Command cvlan-vrouter runs CloudVLAN's vrouter: an IPsec concentrator on VPP that terminates the
+// tunnels of legacy devices for one or more tenants.
+//
+// Usage:
+//
+//	cvlan-vrouter up --controller https://ctl.example:8444 --controller-ca root_ca.crt --token cvj_... \
+//	    --state-dir /var/lib/cvlan-vrouter --vpp-api-socket /run/vpp/api.sock \
+//	    --uplink-interface GigabitEthernet0/8/0 --public-address 198.51.100.7
+//	cvlan-vrouter status --state-dir /var/lib/cvlan-vrouter
+//
+// `up` enrolls with the join token on the first start (the keys are generated here and never leave
+// the machine), keeps its identity in the state directory so that restarts need no token, renews its
+// certificate, and applies the IPsec configuration the controller streams to VPP. SIGINT or SIGTERM
+// stops it cleanly; a vrouter deleted or revoked in the controller exits non-zero.
 package main
 
 import (
@@ -8,53 +20,35 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr); err != nil && !errors.Is(err, flag.ErrHelp) {
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, nil)
+	stop()
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "cvlan-vrouter:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string, logOut io.Writer) error {
-	fs := flag.NewFlagSet("cvlan-vrouter", flag.ContinueOnError)
-	fs.SetOutput(logOut)
-	adminAddr := fs.String("admin-addr", "127.0.0.1:9091", "gRPC health endpoint (loopback by default)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	log := slog.New(slog.NewTextHandler(logOut, nil))
+const usage = "usage: cvlan-vrouter up [flags] | cvlan-vrouter status [flags] (-h after either for its flags)"
 
-	ln, err := net.Listen("tcp", *adminAddr)
-	if err != nil {
-		return fmt.Errorf("listen on admin address %s: %w", *adminAddr, err)
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, h *hooks) error {
+	if len(args) == 0 {
+		return errors.New(usage)
 	}
-	srv := grpc.NewServer()
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(srv, hs)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	log.Info("cvlan-vrouter started", "admin_addr", ln.Addr().String())
-
-	select {
-	case <-ctx.Done():
-		hs.Shutdown()
-		srv.GracefulStop()
-		log.Info("cvlan-vrouter stopped")
-		return nil
-	case err := <-errc:
-		return fmt.Errorf("serve health: %w", err)
+	switch args[0] {
+	case "up":
+		return up(ctx, args[1:], stderr, h)
+	case "status":
+		return showStatus(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stderr, usage)
+		return flag.ErrHelp
 	}
+	return fmt.Errorf("unknown command %q; %s", args[0], usage)
 }

@@ -1,4 +1,4 @@
-package register
+package nodeclient
 
 import (
 	"crypto/ecdsa"
@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Credentials hold the relay's current certificate. They are the relay
+// Credentials hold the current certificate. They are the relay
 // server's CertificateSource (asked on every handshake, so a renewal takes
 // effect on the next connection) and the client certificate towards the
 // controller.
@@ -31,7 +31,7 @@ func NewCredentials(st *State) (*Credentials, error) {
 func (c *Credentials) set(key *ecdsa.PrivateKey, chain [][]byte) error {
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
-		return fmt.Errorf("register: parse certificate: %w", err)
+		return fmt.Errorf("nodeclient: parse certificate: %w", err)
 	}
 	c.cert.Store(&tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf})
 	return nil

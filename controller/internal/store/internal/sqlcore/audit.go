@@ -69,6 +69,9 @@ func (tx *Tx) ListAudit(ctx context.Context, f store.AuditFilter, o store.ListOp
 	if f.ActorID != "" {
 		c = append(c, eq("actor_id", f.ActorID))
 	}
+	if f.ActionPrefix != "" {
+		c = append(c, prefixCond("action", f.ActionPrefix))
+	}
 	if f.Action != "" {
 		c = append(c, eq("action", f.Action))
 	}

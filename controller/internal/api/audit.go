@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
@@ -109,24 +110,15 @@ func (s *server) GetAuditLog(ctx context.Context, req *connect.Request[v1.GetAud
 	}
 	var out *v1.AuditLog
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		// The store has no GetAudit: page through the tenant's entries by id (see report).
-		tok := ""
-		for {
-			p, err := tx.ListAudit(ctx, store.AuditFilter{}, store.ListOptions{PageSize: store.MaxPageSize, PageToken: tok})
-			if err != nil {
-				return err
-			}
-			for _, e := range p.Items {
-				if e.ID == req.Msg.GetId() {
-					out = auditPB(e)
-					return nil
-				}
-			}
-			if p.NextPageToken == "" {
-				return domain.ErrNotFound
-			}
-			tok = p.NextPageToken
+		p, err := tx.ListAudit(ctx, store.AuditFilter{ID: req.Msg.GetId()}, store.ListOptions{PageSize: 1})
+		if err != nil {
+			return err
 		}
+		if len(p.Items) == 0 {
+			return fmt.Errorf("audit log %s: %w", req.Msg.GetId(), domain.ErrNotFound)
+		}
+		out = auditPB(p.Items[0])
+		return nil
 	})
 	if err != nil {
 		return nil, err

@@ -234,6 +234,8 @@ type SessionFilter struct {
 
 // AuditFilter filters ListAudit; entries list newest first unless OldestFirst.
 type AuditFilter struct {
+	// ID selects one entry (GetAuditLog).
+	ID        string
 	ActorType domain.ActorType
 	ActorID   string
 	Action    string

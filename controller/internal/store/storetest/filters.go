@@ -293,5 +293,27 @@ func testListFilters(t *testing.T, h Harness) {
 			return tx.ListAudit(c, store.AuditFilter{ActionPrefix: "node."}, o)
 		}, func(e *domain.AuditEntry) string { return e.ResourceID })
 		wantNames(t, "audit by action prefix", got, every("x%02d", mod4(0))...)
+		// One entry by id (GetAuditLog), not readable from another tenant.
+		var id string
+		must(t, s, f.scope, func(tx store.Tx) error {
+			all, err := tx.ListAudit(c, store.AuditFilter{}, store.ListOptions{PageSize: 20})
+			if err != nil {
+				return err
+			}
+			id = all.Items[7].ID
+			one, err := tx.ListAudit(c, store.AuditFilter{ID: id}, store.ListOptions{PageSize: 1, WithTotal: true})
+			if err == nil && (len(one.Items) != 1 || one.Items[0].ID != id || one.TotalSize != 1) {
+				err = fmt.Errorf("audit by id: %+v, want %s", one, id)
+			}
+			return err
+		})
+		other := newTenant(t, s, "other", "")
+		must(t, s, other.scope, func(tx store.Tx) error {
+			none, err := tx.ListAudit(c, store.AuditFilter{ID: id}, store.ListOptions{})
+			if err == nil && len(none.Items) != 0 {
+				err = fmt.Errorf("another tenant reads audit entry %s", id)
+			}
+			return err
+		})
 	})
 }

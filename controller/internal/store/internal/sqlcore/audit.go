@@ -63,6 +63,9 @@ func (tx *Tx) ListAudit(ctx context.Context, f store.AuditFilter, o store.ListOp
 	if !tx.scope.All {
 		c = append(c, eq("tenant_id", tx.scope.TenantID))
 	}
+	if f.ID != "" {
+		c = append(c, eq("id", f.ID))
+	}
 	if f.ActorType != "" {
 		c = append(c, eq("actor_type", string(f.ActorType)))
 	}

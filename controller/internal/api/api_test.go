@@ -744,19 +744,30 @@ func TestWatchEvents(t *testing.T) {
 	red, blue := e.newTenant(t, "red"), e.newTenant(t, "blue")
 	redC := e.clients(e.keyFor(t, red, domain.RoleTenantAdmin), false)
 	blueC := e.clients(e.keyFor(t, blue, domain.RoleViewer), true)
-	s, err := blueC.events.WatchEvents(ctx, connect.NewRequest(&v1.WatchEventsRequest{}))
-	if err != nil {
-		t.Fatal(err)
+	blueAdmin := e.clients(e.keyFor(t, blue, domain.RoleTenantAdmin), false)
+	// A viewer and a tenant_admin of blue watch; only the admin may read API keys.
+	watch := func(c *clients) *connect.ServerStreamForClient[v1.WatchEventsResponse] {
+		s, err := c.events.WatchEvents(ctx, connect.NewRequest(&v1.WatchEventsRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		if !s.Receive() {
+			t.Fatal(s.Err())
+		}
+		return s
 	}
-	defer s.Close()
-	if !s.Receive() {
-		t.Fatal(s.Err())
-	}
-	// A change of another tenant must not arrive; one of ours must.
+	s, sa := watch(blueC), watch(blueAdmin)
+	// A change of another tenant must not arrive, nor a tenantless join token (a shared
+	// relay's, readable only in the all-tenants scope); ours must.
 	if _, err := redC.cvlan.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{Cvlan: &v1.Cvlan{Name: "secret"}})); err != nil {
 		t.Fatal(err)
 	}
-	blueAdmin := e.clients(e.keyFor(t, blue, domain.RoleTenantAdmin), false)
+	if err := e.st.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		return tx.CreateJoinToken(ctx, &domain.JoinToken{Hash: []byte("shared-relay-token"), Kind: domain.NodeKindRelay, ExpireTime: time.Now().Add(time.Hour)})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	cr, err := blueAdmin.cvlan.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{Cvlan: &v1.Cvlan{Name: "mine"}}))
 	if err != nil {
 		t.Fatal(err)
@@ -765,28 +776,79 @@ func TestWatchEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []*v1.Event
-	heartbeats := 0
-	for len(got) < 2 && s.Receive() {
-		ev := s.Msg().GetEvent()
-		if ev.GetEventType() == v1.EventType_EVENT_TYPE_HEARTBEAT {
-			heartbeats++
-			continue
-		}
-		if ev.GetTenantId() != blue {
-			t.Fatalf("event of another tenant: %v", ev)
-		}
-		got = append(got, ev)
+	// Users, API keys and join tokens are in the feed too (ids only: never a secret or hash).
+	u, err := blueAdmin.user.CreateUser(ctx, connect.NewRequest(&v1.CreateUserRequest{User: &v1.User{Email: "w@blue.example", Role: v1.UserRole_USER_ROLE_VIEWER}}))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(got) < 2 {
-		t.Fatalf("stream ended: %v", s.Err())
+	k, err := blueAdmin.key.CreateApiKey(ctx, connect.NewRequest(&v1.CreateApiKeyRequest{ApiKey: &v1.ApiKey{Name: "ci", Role: v1.UserRole_USER_ROLE_VIEWER, Scopes: []v1.ApiScope{v1.ApiScope_API_SCOPE_READ}}}))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got[0].GetResourceId() != cr.Msg.GetCvlan().GetId() || got[0].GetEventType() != v1.EventType_EVENT_TYPE_CREATED || got[0].GetEtag() != "v1" {
+	jt, err := blueAdmin.token.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{JoinToken: &v1.JoinToken{Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cr.Msg.GetCvlan().GetId()}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blueAdmin.token.DeleteJoinToken(ctx, connect.NewRequest(&v1.DeleteJoinTokenRequest{Id: jt.Msg.GetJoinToken().GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blueAdmin.user.DeleteUser(ctx, connect.NewRequest(&v1.DeleteUserRequest{Id: u.Msg.GetUser().GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	type want struct {
+		rt v1.ResourceType
+		id string
+		et v1.EventType
+	}
+	var (
+		created, deleted = v1.EventType_EVENT_TYPE_CREATED, v1.EventType_EVENT_TYPE_DELETED
+		cvlanEv          = want{v1.ResourceType_RESOURCE_TYPE_CVLAN, cr.Msg.GetCvlan().GetId(), created}
+		nodeEv           = want{v1.ResourceType_RESOURCE_TYPE_NODE, sp.Msg.GetNode().GetId(), created}
+		userC            = want{v1.ResourceType_RESOURCE_TYPE_USER, u.Msg.GetUser().GetId(), created}
+		keyC             = want{v1.ResourceType_RESOURCE_TYPE_API_KEY, k.Msg.GetApiKey().GetId(), created}
+		tokC             = want{v1.ResourceType_RESOURCE_TYPE_JOIN_TOKEN, jt.Msg.GetJoinToken().GetId(), created}
+		tokD             = want{v1.ResourceType_RESOURCE_TYPE_JOIN_TOKEN, jt.Msg.GetJoinToken().GetId(), deleted}
+		userD            = want{v1.ResourceType_RESOURCE_TYPE_USER, u.Msg.GetUser().GetId(), deleted}
+	)
+	expect := func(who string, s *connect.ServerStreamForClient[v1.WatchEventsResponse], ws ...want) []*v1.Event {
+		t.Helper()
+		var got []*v1.Event
+		for len(got) < len(ws) && s.Receive() {
+			ev := s.Msg().GetEvent()
+			if ev.GetEventType() == v1.EventType_EVENT_TYPE_HEARTBEAT {
+				continue
+			}
+			i := len(got)
+			if ev.GetTenantId() != blue {
+				t.Fatalf("%s: event of another tenant: %v", who, ev)
+			}
+			if g := (want{ev.GetResourceType(), ev.GetResourceId(), ev.GetEventType()}); g != ws[i] {
+				t.Fatalf("%s: event %d = %v, want %v", who, i, ev, ws[i])
+			}
+			got = append(got, ev)
+		}
+		if len(got) < len(ws) {
+			t.Fatalf("%s: stream ended after %d events: %v", who, len(got), s.Err())
+		}
+		for _, ev := range got {
+			switch ev.GetResourceType() {
+			case v1.ResourceType_RESOURCE_TYPE_USER, v1.ResourceType_RESOURCE_TYPE_API_KEY, v1.ResourceType_RESOURCE_TYPE_JOIN_TOKEN:
+				if ev.GetPayload() != nil || (ev.GetEventType() == created && ev.GetEtag() != "v1") {
+					t.Fatalf("%s: credential event with payload or without etag: %v", who, ev)
+				}
+			}
+		}
+		return got
+	}
+	// The viewer gets everything but the API key (it cannot read keys).
+	got := expect("viewer", s, cvlanEv, nodeEv, userC, tokC, tokD, userD)
+	if got[0].GetEtag() != "v1" {
 		t.Fatalf("first event %v", got[0])
 	}
 	if got[1].GetNode().GetId() != sp.Msg.GetNode().GetId() {
 		t.Fatalf("node event without payload: %v", got[1])
 	}
+	expect("tenant_admin", sa, cvlanEv, nodeEv, userC, keyC, tokC, tokD, userD)
 	if _, err := blueC.events.WatchEvents(ctx, connect.NewRequest(&v1.WatchEventsRequest{AllTenants: true})); err == nil {
 		// A server stream reports its error on the first Receive.
 	}
@@ -909,5 +971,92 @@ func TestDeleteTenant(t *testing.T) {
 				t.Fatalf("deleted tenant: %v", err)
 			}
 		})
+	}
+}
+
+// TestListFiltersPaged proves that the List filters are applied by the store, not to each page:
+// with page_size 2, every page but the last is full and total_size counts the matches only.
+func TestListFiltersPaged(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, "sqlite", noLimit)
+	tid := e.newTenant(t, "acme")
+	c := e.clients(e.keyFor(t, tid, domain.RoleTenantAdmin), false)
+	var revoked []string
+	for i := range 9 {
+		k, err := c.key.CreateApiKey(ctx, connect.NewRequest(&v1.CreateApiKeyRequest{ApiKey: &v1.ApiKey{
+			Name: fmt.Sprintf("ci-%d", i), Role: v1.UserRole_USER_ROLE_VIEWER, Scopes: []v1.ApiScope{v1.ApiScope_API_SCOPE_READ}}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Other audited actions in between, so that an unfiltered page holds non-matching rows.
+		if _, err := c.tag.CreateTag(ctx, connect.NewRequest(&v1.CreateTagRequest{Tag: &v1.Tag{Name: fmt.Sprintf("t%d", i)}})); err != nil {
+			t.Fatal(err)
+		}
+		if i%3 == 1 {
+			if _, err := c.key.RevokeApiKey(ctx, connect.NewRequest(&v1.RevokeApiKeyRequest{Id: k.Msg.GetApiKey().GetId()})); err != nil {
+				t.Fatal(err)
+			}
+			revoked = append(revoked, k.Msg.GetApiKey().GetName())
+		}
+	}
+	// pages lists every page and returns the items' names, checking page sizes and totals.
+	pages := func(what string, list func(tok string) (names []string, next string, total int32, err error)) []string {
+		t.Helper()
+		var all []string
+		tok := ""
+		for {
+			names, next, total, err := list(tok)
+			if err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+			all = append(all, names...)
+			if next == "" {
+				if len(names) == 0 || int(total) != len(all) {
+					t.Fatalf("%s: last page %v, total_size %d, listed %d", what, names, total, len(all))
+				}
+				return all
+			}
+			if len(names) != 2 {
+				t.Fatalf("%s: short page %v before the last", what, names)
+			}
+			tok = next
+		}
+	}
+	got := pages("revoked keys", func(tok string) ([]string, string, int32, error) {
+		r, err := c.key.ListApiKeys(ctx, connect.NewRequest(&v1.ListApiKeysRequest{
+			Status: v1.ApiKeyStatus_API_KEY_STATUS_REVOKED, PageSize: 2, PageToken: tok}))
+		if err != nil {
+			return nil, "", 0, err
+		}
+		var names []string
+		for _, k := range r.Msg.GetApiKeys() {
+			if k.GetStatus() != v1.ApiKeyStatus_API_KEY_STATUS_REVOKED {
+				t.Fatalf("listed %v", k)
+			}
+			names = append(names, k.GetName())
+		}
+		return names, r.Msg.GetNextPageToken(), r.Msg.GetTotalSize(), nil
+	})
+	if !slices.Equal(got, revoked) {
+		t.Fatalf("revoked keys %v, want %v", got, revoked)
+	}
+	got = pages("api_key.* audit", func(tok string) ([]string, string, int32, error) {
+		r, err := c.audit.ListAuditLogs(ctx, connect.NewRequest(&v1.ListAuditLogsRequest{Action: "api_key.*", PageSize: 2, PageToken: tok}))
+		if err != nil {
+			return nil, "", 0, err
+		}
+		var names []string
+		for _, a := range r.Msg.GetAuditLogs() {
+			names = append(names, a.GetAction())
+		}
+		return names, r.Msg.GetNextPageToken(), r.Msg.GetTotalSize(), nil
+	})
+	if len(got) != 9+len(revoked) {
+		t.Fatalf("api_key.* audit entries %v", got)
+	}
+	for _, a := range got {
+		if !strings.HasPrefix(a, "api_key.") {
+			t.Fatalf("api_key.* audit entries %v", got)
+		}
 	}
 }

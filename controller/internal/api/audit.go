@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"time"
 
@@ -95,13 +96,11 @@ func auditFilter(actorID string, at v1.ActorType, rt v1.ResourceType, rid, actio
 	}
 }
 
-// actionPrefix handles "node.*": the store filters exact actions, so a prefix is matched here.
-func actionPrefix(f *store.AuditFilter) (prefix string) {
+// actionPrefix turns "node.*" into the store's action prefix "node.".
+func actionPrefix(f *store.AuditFilter) {
 	if p, ok := strings.CutSuffix(f.Action, ".*"); ok {
-		f.Action = ""
-		return p + "."
+		f.Action, f.ActionPrefix = "", p+"."
 	}
-	return ""
 }
 
 func (s *server) GetAuditLog(ctx context.Context, req *connect.Request[v1.GetAuditLogRequest]) (*connect.Response[v1.GetAuditLogResponse], error) {
@@ -111,24 +110,15 @@ func (s *server) GetAuditLog(ctx context.Context, req *connect.Request[v1.GetAud
 	}
 	var out *v1.AuditLog
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		// The store has no GetAudit: page through the tenant's entries by id (see report).
-		tok := ""
-		for {
-			p, err := tx.ListAudit(ctx, store.AuditFilter{}, store.ListOptions{PageSize: store.MaxPageSize, PageToken: tok})
-			if err != nil {
-				return err
-			}
-			for _, e := range p.Items {
-				if e.ID == req.Msg.GetId() {
-					out = auditPB(e)
-					return nil
-				}
-			}
-			if p.NextPageToken == "" {
-				return domain.ErrNotFound
-			}
-			tok = p.NextPageToken
+		p, err := tx.ListAudit(ctx, store.AuditFilter{ID: req.Msg.GetId()}, store.ListOptions{PageSize: 1})
+		if err != nil {
+			return err
 		}
+		if len(p.Items) == 0 {
+			return fmt.Errorf("audit log %s: %w", req.Msg.GetId(), domain.ErrNotFound)
+		}
+		out = auditPB(p.Items[0])
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -143,7 +133,7 @@ func (s *server) ListAuditLogs(ctx context.Context, req *connect.Request[v1.List
 		return nil, err
 	}
 	f := auditFilter(m.GetActorId(), m.GetActorType(), m.GetResourceType(), m.GetResourceId(), m.GetAction(), fromTS(m.GetStartTime()), fromTS(m.GetEndTime()))
-	prefix := actionPrefix(&f)
+	actionPrefix(&f)
 	out := &v1.ListAuditLogsResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
 		page, err := tx.ListAudit(ctx, f, listOpts(m.GetPageSize(), m.GetPageToken()))
@@ -151,9 +141,7 @@ func (s *server) ListAuditLogs(ctx context.Context, req *connect.Request[v1.List
 			return err
 		}
 		for _, e := range page.Items {
-			if prefix == "" || strings.HasPrefix(e.Action, prefix) {
-				out.AuditLogs = append(out.AuditLogs, auditPB(e))
-			}
+			out.AuditLogs = append(out.AuditLogs, auditPB(e))
 		}
 		out.NextPageToken, out.TotalSize = page.NextPageToken, int32(page.TotalSize)
 		return nil
@@ -175,7 +163,7 @@ func (s *server) ExportAuditLogs(ctx context.Context, req *connect.Request[v1.Ex
 	}
 	f := auditFilter(m.GetActorId(), m.GetActorType(), m.GetResourceType(), m.GetResourceId(), m.GetAction(), fromTS(m.GetStartTime()), fromTS(m.GetEndTime()))
 	f.OldestFirst = true
-	prefix := actionPrefix(&f)
+	actionPrefix(&f)
 	var buf bytes.Buffer
 	cw := csv.NewWriter(&buf)
 	csvMode := m.GetFormat() == v1.ExportFormat_EXPORT_FORMAT_CSV
@@ -205,9 +193,6 @@ func (s *server) ExportAuditLogs(ctx context.Context, req *connect.Request[v1.Ex
 			return err
 		}
 		for _, e := range page.Items {
-			if prefix != "" && !strings.HasPrefix(e.Action, prefix) {
-				continue
-			}
 			pb := auditPB(e)
 			if csvMode {
 				_ = cw.Write([]string{

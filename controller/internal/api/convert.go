@@ -13,6 +13,7 @@ import (
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 )
 
 // This file converts between the generated cloudvlan.v1 messages and the domain types. Domain
@@ -531,10 +532,17 @@ func joinTokenStatus(j *domain.JoinToken, now time.Time) v1.JoinTokenStatus {
 		return v1.JoinTokenStatus_JOIN_TOKEN_STATUS_REVOKED
 	case !j.UsesLeft():
 		return v1.JoinTokenStatus_JOIN_TOKEN_STATUS_USED
-	case !now.Before(j.ExpireTime):
+	case !j.ExpireTime.IsZero() && !now.Before(j.ExpireTime):
+		// No expiry never expires, as in store.ConsumeJoinToken and the store's status filter.
 		return v1.JoinTokenStatus_JOIN_TOKEN_STATUS_EXPIRED
 	}
 	return v1.JoinTokenStatus_JOIN_TOKEN_STATUS_ACTIVE
+}
+
+// credentialStatus maps an ApiKeyStatus or JoinTokenStatus filter to the store's ("" when
+// unspecified); the enum value names are the store's statuses.
+func credentialStatus(e protoreflect.Enum) store.CredentialStatus {
+	return store.CredentialStatus(enumStr(e))
 }
 
 // --- resource types

@@ -48,18 +48,14 @@ func (s *server) ListApiKeys(ctx context.Context, req *connect.Request[v1.ListAp
 	now := s.now()
 	err = s.read(ctx, scope, func(tx store.Tx) error {
 		p, err := tx.ListAPIKeys(ctx, store.APIKeyFilter{
-			NamePrefix: m.GetNamePrefix(), IncludeRevoked: m.GetStatus() != v1.ApiKeyStatus_API_KEY_STATUS_ACTIVE,
+			NamePrefix: m.GetNamePrefix(), IncludeRevoked: true, CreatedBy: m.GetCreatedBy(),
+			Status: credentialStatus(m.GetStatus()), Now: now,
 		}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, k := range p.Items {
-			pb := apiKeyPB(k, now)
-			// Status and creator are not store filters: applied to the page (pages may be short).
-			if (m.GetStatus() != 0 && pb.GetStatus() != m.GetStatus()) || (m.GetCreatedBy() != "" && k.CreatedBy != m.GetCreatedBy()) {
-				continue
-			}
-			out.ApiKeys = append(out.ApiKeys, pb)
+			out.ApiKeys = append(out.ApiKeys, apiKeyPB(k, now))
 		}
 		out.NextPageToken, out.TotalSize = p.NextPageToken, int32(p.TotalSize)
 		return nil
@@ -197,16 +193,13 @@ func (s *server) ListJoinTokens(ctx context.Context, req *connect.Request[v1.Lis
 	err = s.read(ctx, scope, func(tx store.Tx) error {
 		p, err := tx.ListJoinTokens(ctx, store.JoinTokenFilter{
 			Kind: domain.NodeKind(enumStr(m.GetKind())), CvlanID: m.GetCvlanId(), IncludeRevoked: true,
+			TargetID: m.GetTargetId(), Status: credentialStatus(m.GetStatus()), Now: now,
 		}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, j := range p.Items {
-			pb := joinTokenPB(j, now)
-			if (m.GetStatus() != 0 && pb.GetStatus() != m.GetStatus()) || (m.GetTargetId() != "" && j.TargetID != m.GetTargetId()) {
-				continue
-			}
-			out.JoinTokens = append(out.JoinTokens, pb)
+			out.JoinTokens = append(out.JoinTokens, joinTokenPB(j, now))
 		}
 		out.NextPageToken, out.TotalSize = p.NextPageToken, int32(p.TotalSize)
 		return nil

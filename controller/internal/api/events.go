@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 
+	"github.com/cloudvlan/cloudvlan/controller/internal/auth"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 )
@@ -210,8 +211,7 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 				return err
 			}
 		case e := <-sub.ch:
-			// Global resources (regions, shared relays: no tenant) are visible to every tenant.
-			if tenant != "" && e.TenantID != tenant && e.TenantID != "" {
+			if !mayWatch(p, tenant, e) {
 				continue
 			}
 			rt := resourceTypePB(e.ResourceType)
@@ -231,6 +231,43 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 			}
 		}
 	}
+}
+
+// globalKinds are the resource kinds whose rows without a tenant every tenant reads (regions,
+// shared relays). Other tenantless rows (shared-relay join tokens and nodes) are visible only in
+// the all-tenants scope.
+var globalKinds = map[string]bool{domain.ResourceRegion: true, domain.ResourceRelay: true}
+
+// kindService names the service whose read rule guards a resource kind's events: a caller sees
+// an event only when it could read the resource (API keys need tenant_admin).
+var kindService = map[string]string{
+	domain.ResourceTenant: "TenantService", domain.ResourceCvlan: "CvlanService", domain.ResourceNode: "NodeService",
+	domain.ResourceUser: "UserService", domain.ResourceGroup: "GroupService", domain.ResourceTag: "TagService",
+	domain.ResourcePolicy: "PolicyService", domain.ResourceRegion: "RegionService", domain.ResourceRelay: "RelayService",
+	domain.ResourceVRouter: "VRouterService", domain.ResourceDiscoveryServer: "DiscoveryServerService",
+	domain.ResourceAPIKey: "ApiKeyService", domain.ResourceJoinToken: "JoinTokenService",
+}
+
+// mayWatch reports whether p, watching tenant ("" for all tenants), may see event e: it is of that
+// tenant (or a global resource every tenant reads) and p's role may read its kind. Kinds without
+// a service (sessions) are never delivered.
+func mayWatch(p *auth.Principal, tenant string, e domain.ChangeEvent) bool {
+	switch {
+	case tenant == "":
+	case e.TenantID == "" && !globalKinds[e.ResourceType]:
+		return false
+	case e.TenantID != "" && e.TenantID != tenant:
+		return false
+	}
+	svc, ok := kindService[e.ResourceType]
+	if !ok {
+		return false
+	}
+	need := domain.RoleViewer
+	if r := serviceRules[svc].readRole; r != "" {
+		need = r
+	}
+	return auth.AtLeast(p.Role, need) && p.HasScope(auth.ScopeRead)
 }
 
 // eventPayload attaches the current node, relay or vrouter so that the UI need not re-read it.

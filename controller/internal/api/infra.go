@@ -67,15 +67,11 @@ func (s *server) ListRegions(ctx context.Context, req *connect.Request[v1.ListRe
 	m := req.Msg
 	out := &v1.ListRegionsResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListRegions(ctx, store.RegionFilter{}, listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListRegions(ctx, store.RegionFilter{Code: m.GetCode()}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, r := range p.Items {
-			// The store has no code filter: applied to the page (pages may be short).
-			if m.GetCode() != "" && r.Code != m.GetCode() {
-				continue
-			}
 			ids, err := regionRelayIDs(ctx, tx, r.ID)
 			if err != nil {
 				return err
@@ -184,18 +180,15 @@ func (s *server) ListRelays(ctx context.Context, req *connect.Request[v1.ListRel
 	}
 	out := &v1.ListRelaysResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListRelays(ctx, store.RelayFilter{RegionID: m.GetRegionId(), NamePrefix: m.GetNamePrefix(), SharedOnly: m.GetShared()},
-			listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListRelays(ctx, store.RelayFilter{
+			RegionID: m.GetRegionId(), NamePrefix: m.GetNamePrefix(), SharedOnly: m.GetShared(),
+			OwnOnly: m.Shared != nil && !m.GetShared(), Status: domain.RelayStatus(enumStr(m.GetStatus())),
+		}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, r := range p.Items {
-			pb := relayPB(r)
-			// Status and "own relays only" are not store filters: applied to the page.
-			if (m.GetStatus() != 0 && pb.GetStatus() != m.GetStatus()) || (m.Shared != nil && !m.GetShared() && r.TenantID == "") {
-				continue
-			}
-			out.Relays = append(out.Relays, pb)
+			out.Relays = append(out.Relays, relayPB(r))
 		}
 		out.NextPageToken, out.TotalSize = p.NextPageToken, int32(p.TotalSize)
 		return nil
@@ -305,16 +298,14 @@ func (s *server) ListVRouters(ctx context.Context, req *connect.Request[v1.ListV
 	}
 	out := &v1.ListVRoutersResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListVRouters(ctx, store.VRouterFilter{CvlanID: m.GetCvlanId(), NamePrefix: m.GetNamePrefix()}, listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListVRouters(ctx, store.VRouterFilter{
+			CvlanID: m.GetCvlanId(), NamePrefix: m.GetNamePrefix(), Status: domain.VRouterStatus(enumStr(m.GetStatus())),
+		}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, v := range p.Items {
-			pb := vrouterPB(v)
-			if m.GetStatus() != 0 && pb.GetStatus() != m.GetStatus() {
-				continue
-			}
-			out.Vrouters = append(out.Vrouters, pb)
+			out.Vrouters = append(out.Vrouters, vrouterPB(v))
 		}
 		out.NextPageToken, out.TotalSize = p.NextPageToken, int32(p.TotalSize)
 		return nil

@@ -57,15 +57,11 @@ func (s *server) ListTags(ctx context.Context, req *connect.Request[v1.ListTagsR
 	}
 	out := &v1.ListTagsResponse{}
 	err = s.read(ctx, scope, func(tx store.Tx) error {
-		p, err := tx.ListTags(ctx, store.TagFilter{NamePrefix: m.GetNamePrefix()}, listOpts(m.GetPageSize(), m.GetPageToken()))
+		p, err := tx.ListTags(ctx, store.TagFilter{NamePrefix: m.GetNamePrefix(), OwnerGroupID: m.GetOwnerGroupId()}, listOpts(m.GetPageSize(), m.GetPageToken()))
 		if err != nil {
 			return err
 		}
 		for _, t := range p.Items {
-			// The store has no owner-group filter: applied to the page (pages may be short).
-			if og := m.GetOwnerGroupId(); og != "" && !slices.Contains(t.OwnerGroupIDs, og) {
-				continue
-			}
 			out.Tags = append(out.Tags, tagPB(t, 0))
 		}
 		out.NextPageToken, out.TotalSize = p.NextPageToken, int32(p.TotalSize)

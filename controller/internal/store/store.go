@@ -1,6 +1,7 @@
 // Package store defines the controller's persistence contract: transactions scoped to a tenant,
 // resource CRUD with keyset pagination and optimistic concurrency, audit rows that commit with
-// their mutation, IPAM on node creation, join-token consumption and the network-map change feed.
+// their mutation, IPAM on node creation, join-token consumption and the change feed (network
+// maps and the API's WatchEvents follow it).
 //
 // Two implementations (store/sqlite and store/postgres) pass one conformance suite
 // (store/storetest). Errors wrap the sentinels of package domain.
@@ -144,6 +145,8 @@ type GroupFilter struct {
 // TagFilter filters ListTags. Tags list by name.
 type TagFilter struct {
 	NamePrefix string
+	// OwnerGroupID selects the tags that group owns.
+	OwnerGroupID string
 }
 
 // PolicyFilter filters ListPolicies. Policies list by name.
@@ -158,6 +161,7 @@ type PolicyFilter struct {
 // RegionFilter filters ListRegions. Regions list by name.
 type RegionFilter struct {
 	NamePrefix string
+	Code       string
 }
 
 // RelayFilter filters ListRelays. Relays list by name; a tenant scope lists its own relays and
@@ -165,14 +169,17 @@ type RegionFilter struct {
 type RelayFilter struct {
 	RegionID   string
 	NamePrefix string
-	// SharedOnly selects the shared relays (no tenant).
+	// SharedOnly selects the shared relays (no tenant); OwnOnly the tenant's own relays.
 	SharedOnly bool
+	OwnOnly    bool
+	Status     domain.RelayStatus
 }
 
 // VRouterFilter filters ListVRouters. VRouters list by name.
 type VRouterFilter struct {
 	CvlanID    string
 	NamePrefix string
+	Status     domain.VRouterStatus
 }
 
 // DiscoveryServerFilter filters ListDiscoveryServers. They list by name.
@@ -183,19 +190,41 @@ type DiscoveryServerFilter struct {
 	NamePrefix string
 }
 
+// CredentialStatus is the state of an API key or join token at a given instant, in order of
+// precedence: revoked, used (join tokens without uses left), expired (expiry at or before now;
+// no expiry never expires), active.
+type CredentialStatus string
+
+// Credential statuses.
+const (
+	CredentialActive  CredentialStatus = "active"
+	CredentialExpired CredentialStatus = "expired"
+	CredentialRevoked CredentialStatus = "revoked"
+	CredentialUsed    CredentialStatus = "used"
+)
+
 // APIKeyFilter filters ListAPIKeys. Keys list by name.
 type APIKeyFilter struct {
 	NamePrefix string
-	// IncludeRevoked also lists revoked keys.
+	// IncludeRevoked also lists revoked keys (ignored when Status is set).
 	IncludeRevoked bool
+	// Status selects keys in that state at Now (expiry is compared with the stored time at the
+	// database's precision: microseconds on PostgreSQL, milliseconds on SQLite).
+	Status    CredentialStatus
+	Now       time.Time
+	CreatedBy string
 }
 
 // JoinTokenFilter filters ListJoinTokens. Tokens list by creation (id).
 type JoinTokenFilter struct {
 	Kind    domain.NodeKind
 	CvlanID string
-	// IncludeRevoked also lists revoked tokens.
+	// IncludeRevoked also lists revoked tokens (ignored when Status is set).
 	IncludeRevoked bool
+	// Status selects tokens in that state at Now (see APIKeyFilter.Status).
+	Status   CredentialStatus
+	Now      time.Time
+	TargetID string
 }
 
 // SessionFilter filters ListSessions. Sessions list by creation (id).
@@ -205,9 +234,13 @@ type SessionFilter struct {
 
 // AuditFilter filters ListAudit; entries list newest first unless OldestFirst.
 type AuditFilter struct {
-	ActorType    domain.ActorType
-	ActorID      string
-	Action       string
+	// ID selects one entry (GetAuditLog).
+	ID        string
+	ActorType domain.ActorType
+	ActorID   string
+	Action    string
+	// ActionPrefix selects actions starting with it ("node." for every node action).
+	ActionPrefix string
 	ResourceType string
 	ResourceID   string
 	// Since (inclusive) and Until (exclusive) bound the entry time; zero means unbounded.

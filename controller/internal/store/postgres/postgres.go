@@ -105,6 +105,12 @@ var dialect = sqlcore.Dialect{
 	ArrayHasField: func(data, key, field, val string) string {
 		return "coalesce(" + data + "->'" + key + "', '[]'::jsonb) @> jsonb_build_array(jsonb_build_object('" + field + "', " + val + "::text))"
 	},
+	JSONText: func(data, key string) string { return "(" + data + "->>'" + key + "')" },
+	JSONInt:  func(data, key string) string { return "coalesce((" + data + "->>'" + key + "')::bigint, 0)" },
+	JSONBool: func(data, key string) string { return "coalesce((" + data + "->>'" + key + "')::boolean, false)" },
+	JSONMicros: func(data, key string) string {
+		return "(extract(epoch FROM (" + data + "->>'" + key + "')::timestamptz) * 1000000)::bigint"
+	},
 	IsUnique:      func(err error) bool { return pgCode(err) == "23505" },
 	IsForeignKey:  func(err error) bool { return pgCode(err) == "23503" },
 	InsertChanges: insertChanges,

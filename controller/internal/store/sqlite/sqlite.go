@@ -72,6 +72,12 @@ var dialect = sqlcore.Dialect{
 	ArrayHasField: func(data, key, field, val string) string {
 		return "EXISTS (SELECT 1 FROM json_each(" + data + ", '$." + key + "') j WHERE json_extract(j.value, '$." + field + "') = " + val + ")"
 	},
+	JSONText: func(data, key string) string { return "json_extract(" + data + ", '$." + key + "')" },
+	JSONInt:  func(data, key string) string { return "coalesce(json_extract(" + data + ", '$." + key + "'), 0)" },
+	JSONBool: func(data, key string) string { return "coalesce(json_extract(" + data + ", '$." + key + "'), 0) = 1" },
+	JSONMicros: func(data, key string) string {
+		return "CAST(unixepoch(json_extract(" + data + ", '$." + key + "'), 'subsec') * 1000000 AS INTEGER)"
+	},
 	IsUnique: func(err error) bool {
 		c := sqliteCode(err)
 		return c == codeConstraintUnique || c == codeConstraintPrimaryKey

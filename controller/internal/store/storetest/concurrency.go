@@ -372,12 +372,13 @@ func testChangeFeed(t *testing.T, h Harness) {
 	f := newTenant(t, s, "feed", "") // tenant create + cvlan create
 	n := f.node("n")
 	pol := &domain.Policy{Name: "p"}
+	u := &domain.User{Name: "u", Email: "u@x"}
 	must(t, s, f.scope, func(tx store.Tx) error {
 		if err := tx.CreateNode(c, n); err != nil {
 			return err
 		}
-		// Users and api keys do not affect network maps: no change events.
-		if err := tx.CreateUser(c, &domain.User{Name: "u", Email: "u@x"}); err != nil {
+		// Users are in the feed too (the API's WatchEvents reports them).
+		if err := tx.CreateUser(c, u); err != nil {
 			return err
 		}
 		return tx.CreatePolicy(c, pol)
@@ -401,6 +402,7 @@ func testChangeFeed(t *testing.T, h Harness) {
 		{domain.ResourceTenant, f.tenant.ID, domain.OpCreate},
 		{domain.ResourceCvlan, f.cvlan.ID, domain.OpCreate},
 		{domain.ResourceNode, n.ID, domain.OpCreate},
+		{domain.ResourceUser, u.ID, domain.OpCreate},
 		{domain.ResourcePolicy, pol.ID, domain.OpCreate},
 		{domain.ResourceNode, n.ID, domain.OpUpdate},
 		{domain.ResourceNode, n.ID, domain.OpDelete},
@@ -414,8 +416,8 @@ func testChangeFeed(t *testing.T, h Harness) {
 		}
 		last = g.ID
 	}
-	if got[4].Version != 2 {
-		t.Fatalf("update event version = %d", got[4].Version)
+	if got[5].Version != 2 {
+		t.Fatalf("update event version = %d", got[5].Version)
 	}
 	// Paging through the feed with a limit.
 	page, err := s.ChangesSince(c, got[0].ID, 2)

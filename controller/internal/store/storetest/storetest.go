@@ -38,6 +38,7 @@ func Run(t *testing.T, h Harness) {
 		{"Pagination", testPagination},
 		{"NodeFilters", testNodeFilters},
 		{"MembershipFilters", testMembershipFilters},
+		{"ListFilters", testListFilters},
 		{"StaleVersion", testStaleVersion},
 		{"ConcurrentUpdates", testConcurrentUpdates},
 		{"AuditAtomic", testAuditAtomic},
@@ -55,6 +56,7 @@ func Run(t *testing.T, h Harness) {
 		{"DeleteCascade", testDeleteCascade},
 		{"SharedResources", testSharedResources},
 		{"ChangeFeed", testChangeFeed},
+		{"ChangeFeedCredentials", testChangeFeedCredentials},
 		{"ChangeFeedConcurrent", testChangeFeedConcurrent},
 		{"Watch", testWatch},
 	}

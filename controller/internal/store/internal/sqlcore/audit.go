@@ -63,11 +63,17 @@ func (tx *Tx) ListAudit(ctx context.Context, f store.AuditFilter, o store.ListOp
 	if !tx.scope.All {
 		c = append(c, eq("tenant_id", tx.scope.TenantID))
 	}
+	if f.ID != "" {
+		c = append(c, eq("id", f.ID))
+	}
 	if f.ActorType != "" {
 		c = append(c, eq("actor_type", string(f.ActorType)))
 	}
 	if f.ActorID != "" {
 		c = append(c, eq("actor_id", f.ActorID))
+	}
+	if f.ActionPrefix != "" {
+		c = append(c, prefixCond("action", f.ActionPrefix))
 	}
 	if f.Action != "" {
 		c = append(c, eq("action", f.Action))

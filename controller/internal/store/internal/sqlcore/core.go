@@ -48,6 +48,15 @@ type Dialect struct {
 	// ArrayHasField returns a predicate true when an object of the JSON array at key of data has
 	// field equal to the string expression val.
 	ArrayHasField func(data, key, field, val string) string
+	// JSONText returns the string field key of the JSON column data (NULL when absent).
+	JSONText func(data, key string) string
+	// JSONInt returns the integer field key of data (0 when absent).
+	JSONInt func(data, key string) string
+	// JSONBool returns a predicate true when the boolean field key of data is true.
+	JSONBool func(data, key string) string
+	// JSONMicros returns the RFC 3339 time field key of data as Unix microseconds (NULL when
+	// absent; SQLite resolves milliseconds).
+	JSONMicros func(data, key string) string
 	// IsUnique and IsForeignKey classify constraint violations.
 	IsUnique     func(error) bool
 	IsForeignKey func(error) bool

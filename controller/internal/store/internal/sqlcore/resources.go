@@ -65,7 +65,7 @@ func pendingRoutes(v *domain.Node) bool {
 }
 
 var users = &table[domain.User, *domain.User]{
-	name: "users", kind: domain.ResourceUser, byName: true,
+	name: "users", kind: domain.ResourceUser, byName: true, feed: true,
 	tenant: func(v *domain.User) *string { return &v.TenantID },
 	cols:   []string{"name", "email", "role", "status", "oidc_issuer", "oidc_subject"},
 	vals: func(v *domain.User) []any {
@@ -124,7 +124,7 @@ var discoveryServers = &table[domain.DiscoveryServer, *domain.DiscoveryServer]{
 }
 
 var apiKeys = &table[domain.APIKey, *domain.APIKey]{
-	name: "api_keys", kind: domain.ResourceAPIKey, byName: true,
+	name: "api_keys", kind: domain.ResourceAPIKey, byName: true, feed: true,
 	tenant: func(v *domain.APIKey) *string { return &v.TenantID },
 	cols:   []string{"name", "hash", "revoked"},
 	vals:   func(v *domain.APIKey) []any { return []any{v.Name, v.Hash, v.Revoked} },
@@ -135,7 +135,7 @@ var apiKeys = &table[domain.APIKey, *domain.APIKey]{
 }
 
 var joinTokens = &table[domain.JoinToken, *domain.JoinToken]{
-	name: "join_tokens", kind: domain.ResourceJoinToken, mode: optionalTenant,
+	name: "join_tokens", kind: domain.ResourceJoinToken, mode: optionalTenant, feed: true,
 	tenant: func(v *domain.JoinToken) *string { return &v.TenantID },
 	cols:   []string{"hash", "kind", "cvlan_id", "revoked"},
 	vals: func(v *domain.JoinToken) []any {
@@ -326,6 +326,9 @@ func (tx *Tx) ListTags(ctx context.Context, f store.TagFilter, o store.ListOptio
 	if f.NamePrefix != "" {
 		c = append(c, prefixCond("name", f.NamePrefix))
 	}
+	if f.OwnerGroupID != "" {
+		c = append(c, cond{tx.d.ArrayHas("data", "owner_group_ids", "?"), []any{f.OwnerGroupID}})
+	}
 	return tags.list(ctx, tx, c, o)
 }
 
@@ -390,6 +393,9 @@ func (tx *Tx) ListRegions(ctx context.Context, f store.RegionFilter, o store.Lis
 	if f.NamePrefix != "" {
 		c = append(c, prefixCond("name", f.NamePrefix))
 	}
+	if f.Code != "" {
+		c = append(c, eq("code", f.Code))
+	}
 	return regions.list(ctx, tx, c, o)
 }
 
@@ -430,6 +436,12 @@ func (tx *Tx) ListRelays(ctx context.Context, f store.RelayFilter, o store.ListO
 	if f.SharedOnly {
 		c = append(c, cond{"tenant_id IS NULL", nil})
 	}
+	if f.OwnOnly {
+		c = append(c, cond{"tenant_id IS NOT NULL", nil})
+	}
+	if f.Status != "" {
+		c = append(c, cond{tx.d.JSONText("data", "status") + " = ?", []any{string(f.Status)}})
+	}
 	return relays.list(ctx, tx, c, o)
 }
 
@@ -463,6 +475,9 @@ func (tx *Tx) ListVRouters(ctx context.Context, f store.VRouterFilter, o store.L
 	}
 	if f.NamePrefix != "" {
 		c = append(c, prefixCond("name", f.NamePrefix))
+	}
+	if f.Status != "" {
+		c = append(c, cond{tx.d.JSONText("data", "status") + " = ?", []any{string(f.Status)}})
 	}
 	return vrouters.list(ctx, tx, c, o)
 }
@@ -537,10 +552,14 @@ func (tx *Tx) ListAPIKeys(ctx context.Context, f store.APIKeyFilter, o store.Lis
 	if f.NamePrefix != "" {
 		c = append(c, prefixCond("name", f.NamePrefix))
 	}
-	if !f.IncludeRevoked {
-		c = append(c, eq("revoked", false))
+	if f.CreatedBy != "" {
+		c = append(c, cond{tx.d.JSONText("data", "created_by") + " = ?", []any{f.CreatedBy}})
 	}
-	return apiKeys.list(ctx, tx, c, o)
+	st, err := tx.credentialStatus(f.Status, f.Now, "", f.IncludeRevoked)
+	if err != nil {
+		return nil, err
+	}
+	return apiKeys.list(ctx, tx, append(c, st...), o)
 }
 
 // CreateAPIKey implements store.Tx.
@@ -590,10 +609,14 @@ func (tx *Tx) ListJoinTokens(ctx context.Context, f store.JoinTokenFilter, o sto
 	if f.CvlanID != "" {
 		c = append(c, eq("cvlan_id", f.CvlanID))
 	}
-	if !f.IncludeRevoked {
-		c = append(c, eq("revoked", false))
+	if f.TargetID != "" {
+		c = append(c, cond{tx.d.JSONText("data", "target_id") + " = ?", []any{f.TargetID}})
 	}
-	return joinTokens.list(ctx, tx, c, o)
+	st, err := tx.credentialStatus(f.Status, f.Now, tx.joinTokenUsesLeft(), f.IncludeRevoked)
+	if err != nil {
+		return nil, err
+	}
+	return joinTokens.list(ctx, tx, append(c, st...), o)
 }
 
 // CreateJoinToken implements store.Tx.
@@ -690,6 +713,52 @@ func (tx *Tx) DeleteExpiredSessions(ctx context.Context, now time.Time) (int64, 
 		return 0, fmt.Errorf("delete expired sessions: %w", err)
 	}
 	return n, nil
+}
+
+// joinTokenUsesLeft is domain.JoinToken.UsesLeft as a predicate on a join_tokens row.
+func (tx *Tx) joinTokenUsesLeft() string {
+	uses, maxUses := tx.d.JSONInt("data", "use_count"), tx.d.JSONInt("data", "max_uses")
+	reusable := tx.d.JSONBool("data", "reusable")
+	return "(NOT (" + reusable + ") AND " + uses + " < 1) OR ((" + reusable + ") AND (" + maxUses + " = 0 OR " + uses + " < " + maxUses + "))"
+}
+
+// credentialStatus returns the conditions selecting API keys or join tokens in state st at now
+// (see store.CredentialStatus); usesLeft is the uses-left predicate ("" for API keys, which
+// have no uses). Without a status, revoked rows are left out unless includeRevoked.
+func (tx *Tx) credentialStatus(st store.CredentialStatus, now time.Time, usesLeft string, includeRevoked bool) ([]cond, error) {
+	exp := "coalesce(" + tx.d.JSONMicros("data", "expire_time") + ", 0)"
+	// The zero time (year 1) and an absent expiry mean "never expires".
+	expired := cond{exp + " > 0 AND " + exp + " <= ?", []any{micros(now)}}
+	notExpired := cond{exp + " <= 0 OR " + exp + " > ?", []any{micros(now)}}
+	notRevoked := eq("revoked", false)
+	switch st {
+	case "":
+		if includeRevoked {
+			return nil, nil
+		}
+		return []cond{notRevoked}, nil
+	case store.CredentialRevoked:
+		return []cond{eq("revoked", true)}, nil
+	case store.CredentialUsed:
+		if usesLeft == "" {
+			return []cond{{"1 = 0", nil}}, nil // API keys are never used up
+		}
+		return []cond{notRevoked, {"NOT (" + usesLeft + ")", nil}}, nil
+	}
+	if now.IsZero() {
+		return nil, fmt.Errorf("%w: a credential status filter needs the time", domain.ErrInvalid)
+	}
+	c := []cond{notRevoked}
+	if usesLeft != "" {
+		c = append(c, cond{usesLeft, nil})
+	}
+	switch st {
+	case store.CredentialExpired:
+		return append(c, expired), nil
+	case store.CredentialActive:
+		return append(c, notExpired), nil
+	}
+	return nil, fmt.Errorf("%w: unknown credential status %q", domain.ErrInvalid, st)
 }
 
 // rewriteData stores v's JSON without a version change (bookkeeping that must not conflict

@@ -43,7 +43,7 @@ type table[T any, P entity[T]] struct {
 	tenant func(P) *string
 	// byName lists by (name, id); otherwise by id (creation order).
 	byName bool
-	// feed records change events for the network-map change feed.
+	// feed records change events (ids only) for the change feed: network maps and WatchEvents.
 	feed bool
 	// cols are the extra columns, in the order vals returns their values ("name" first when
 	// byName).

@@ -48,6 +48,9 @@ type Dialect struct {
 	// ArrayHasField returns a predicate true when an object of the JSON array at key of data has
 	// field equal to the string expression val.
 	ArrayHasField func(data, key, field, val string) string
+	// SetJSONText returns an expression that is the JSON column data with the string at the
+	// top-level key replaced by the string expression val.
+	SetJSONText func(data, key, val string) string
 	// IsUnique and IsForeignKey classify constraint violations.
 	IsUnique     func(error) bool
 	IsForeignKey func(error) bool

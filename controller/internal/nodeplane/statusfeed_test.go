@@ -128,3 +128,38 @@ func TestStreamingNodesAreTouchedWithoutEvents(t *testing.T) {
 		t.Fatalf("touches made events %+v, %v", evs, err)
 	}
 }
+
+// TestAckHashForms: the controller's incremental hash judges acknowledgements; the pre-incremental
+// hash of older agents is accepted too (an upgrade does not resync every agent forever), anything
+// else is a failed sync.
+func TestAckHashForms(t *testing.T) {
+	e := newEnv(t)
+	a := e.enroll(t, e.token(t, nil), "alpha")
+	e.enroll(t, e.token(t, nil), "bravo")
+	ch, cancel := a.watch(t, context.Background(), 0, "session-alpha")
+	defer cancel()
+	var st netmapstate.State
+	m := next(t, ch, 5*time.Second).msg
+	st.ApplySnapshot(m.GetSnapshot())
+	if len(st.Map().GetPeers()) == 0 {
+		t.Fatal("snapshot without peers")
+	}
+	tests := []struct {
+		name   string
+		hash   string
+		inSync bool
+	}{
+		{"incremental", st.Hash(), true},
+		{"legacy", netmapstate.LegacyHash(st.Map()), true},
+		{"other", netmapstate.LegacyHash(&nodev1.NetworkMap{}), false},
+	}
+	for _, tt := range tests {
+		resp, err := a.ctl.AckNetworkMap(context.Background(), &nodev1.AckNetworkMapRequest{Version: st.Version(), StateHash: tt.hash})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetInSync() != tt.inSync {
+			t.Errorf("%s: in sync %v, want %v", tt.name, resp.GetInSync(), tt.inSync)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -46,13 +47,23 @@ type statusWriter struct {
 	touches   map[string]struct{}  // nodes to mark seen at the next flush
 	touched   map[string]time.Time // when a streaming node's last-seen time was last written
 	conflicts map[string]bool      // nodes with an active session conflict on this replica
+	reports   map[string]reportSeen
+	seed      maphash.Seed
 	lastSweep time.Time
+}
+
+// reportSeen is what the writer remembers of a node's last report that it stored.
+type reportSeen struct {
+	sum     uint64    // fingerprint of the report without its timestamps and latencies
+	written time.Time // when it was queued in full
+	seen    time.Time // when the node's last-seen time was last queued for it
 }
 
 func newStatusWriter(p *Plane) *statusWriter {
 	return &statusWriter{
 		p: p, pending: map[string][]func(*domain.Node){}, touches: map[string]struct{}{},
-		touched: map[string]time.Time{}, conflicts: map[string]bool{},
+		touched: map[string]time.Time{}, conflicts: map[string]bool{}, reports: map[string]reportSeen{},
+		seed: maphash.MakeSeed(),
 	}
 }
 
@@ -155,8 +166,43 @@ func (w *statusWriter) certificate(c *Caller, serial string, notAfter time.Time)
 	w.queue(c.NodeID, func(n *domain.Node) { n.CertSerial, n.CertExpireTime = serial, notAfter })
 }
 
+// fingerprint hashes what of a report the store shows, except times and latencies.
+func (w *statusWriter) fingerprint(r *report) uint64 {
+	var h maphash.Hash
+	h.SetSeed(w.seed)
+	for _, e := range r.endpoints {
+		fmt.Fprint(&h, e.Address, e.Type, ";")
+	}
+	for _, p := range r.paths {
+		fmt.Fprint(&h, p.PeerNodeID, p.Path, p.RelayID, p.Endpoint, ";")
+	}
+	fmt.Fprint(&h, "|", r.homeRelay, "|", r.agentVersion, "|", r.os, "|", r.routesSet, r.routes)
+	return h.Sum64()
+}
+
 func (w *statusWriter) report(c *Caller, r report) {
 	now := w.p.now().UTC()
+	sum := w.fingerprint(&r)
+	refresh := w.p.deps.OfflineAfter / 3
+	w.mu.Lock()
+	last, ok := w.reports[c.NodeID]
+	// A repeat of the report stored a moment ago (agents report every ReportInterval) is at most
+	// a last-seen touch: no read of the node. A gap of 3/4 of the offline time, or statusRefresh
+	// since the last full write, makes it a full write again (the node may have been marked
+	// offline meanwhile; latencies and observe times get refreshed).
+	repeat := ok && last.sum == sum && now.Sub(last.written) < statusRefresh && now.Sub(last.seen) < w.p.deps.OfflineAfter*3/4
+	switch {
+	case !repeat:
+		w.reports[c.NodeID] = reportSeen{sum: sum, written: now, seen: now}
+	case now.Sub(last.seen) >= refresh:
+		last.seen = now
+		w.reports[c.NodeID] = last
+		w.touches[c.NodeID] = struct{}{}
+	}
+	w.mu.Unlock()
+	if repeat {
+		return
+	}
 	w.queue(c.NodeID, func(n *domain.Node) {
 		w.markOnline(n, now)
 		n.Endpoints, n.PeerPaths, n.HomeRelayID = r.endpoints, r.paths, r.homeRelay
@@ -312,7 +358,9 @@ func (w *statusWriter) write(ctx context.Context, tx store.Tx, n *domain.Node, f
 	case !sameTimes(&before, n) && now.Sub(before.UpdateTime) >= statusRefresh:
 		return false, tx.UpdateNodeStatus(ctx, n, false)
 	}
-	return n.LastSeenTime.After(before.LastSeenTime), nil
+	// Only the last-seen time moved: written when the stored one is older than the refresh
+	// interval (the offline sweep needs no more).
+	return n.LastSeenTime.Sub(before.LastSeenTime) >= w.p.deps.OfflineAfter/3, nil
 }
 
 // statusView is n without the timestamps that change on every report or acknowledgement.
@@ -347,7 +395,9 @@ const pendingAfter = 5 * time.Second
 // marks them offline) and marks nodes that have not acknowledged their latest version pending.
 func (w *statusWriter) sweepStreams() {
 	now := w.p.now().UTC()
-	refresh := w.p.deps.OfflineAfter / 3
+	// Half the offline time: another replica's sweeper sees the node at most that old (plus a
+	// flush) and marks it offline only beyond the whole offline time.
+	refresh := w.p.deps.OfflineAfter / 2
 	var touch []string
 	w.mu.Lock()
 	for id, at := range w.touched {
@@ -390,6 +440,13 @@ func (w *statusWriter) sweepStreams() {
 func (w *statusWriter) sweepOffline(ctx context.Context) error {
 	p := w.p
 	now := p.now().UTC()
+	w.mu.Lock()
+	for id, r := range w.reports {
+		if now.Sub(r.seen) >= p.deps.OfflineAfter {
+			delete(w.reports, id) // the next report is a full write anyway
+		}
+	}
+	w.mu.Unlock()
 	var stale, ephemeral []*domain.Node
 	var relays []*domain.Relay
 	yes := true

@@ -163,3 +163,33 @@ func TestAckHashForms(t *testing.T) {
 		}
 	}
 }
+
+// TestRepeatedReportsKeepNodeOnline: a node that only reports (no stream) stays online on repeated
+// identical reports, which the writer turns into touches, and one that comes back after being
+// marked offline is online again with the same report.
+func TestRepeatedReportsKeepNodeOnline(t *testing.T) {
+	e := newEnv(t, func(d *Deps) { d.ReportInterval = 300 * time.Millisecond }) // offline after 900 ms
+	a := e.enroll(t, e.token(t, nil), "alpha")
+	id := a.id.GetNodeId()
+	ctx := context.Background()
+	report := func() {
+		t.Helper()
+		_, err := a.ctl.ReportStatus(ctx, &nodev1.ReportStatusRequest{AgentVersion: "1.0.0",
+			Endpoints: []*nodev1.Endpoint{{Address: "198.51.100.7:41641", Type: nodev1.EndpointType_ENDPOINT_TYPE_STUN}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	report()
+	eventually(t, 5*time.Second, "online", func() bool { return e.getNode(t, id).Status == domain.NodeOnline })
+	// Reports every 200 ms for 3 x the offline time: never offline.
+	for end := time.Now().Add(2700 * time.Millisecond); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		report()
+		if n := e.getNode(t, id); n.Status != domain.NodeOnline {
+			t.Fatalf("reporting node went %s (last seen %v)", n.Status, n.LastSeenTime)
+		}
+	}
+	eventually(t, 10*time.Second, "offline after silence", func() bool { return e.getNode(t, id).Status == domain.NodeOffline })
+	report()
+	eventually(t, 5*time.Second, "online again", func() bool { return e.getNode(t, id).Status == domain.NodeOnline })
+}

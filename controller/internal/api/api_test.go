@@ -849,6 +849,32 @@ func TestWatchEvents(t *testing.T) {
 		t.Fatalf("node event without payload: %v", got[1])
 	}
 	expect("tenant_admin", sa, cvlanEv, nodeEv, userC, keyC, tokC, tokD, userD)
+	// A status-only write (what agents report: no network map changes) arrives as an update of
+	// the node, with the new status in the payload.
+	nodeID := sp.Msg.GetNode().GetId()
+	err = e.st.Tx(ctx, store.TenantScope(blue), func(tx store.Tx) error {
+		n, err := tx.GetNode(ctx, nodeID)
+		if err != nil {
+			return err
+		}
+		n.Sync.State = domain.SyncFailed
+		n.Conflict = &domain.NodeConflict{DetectTime: time.Now(), Addresses: []string{"192.0.2.1:1", "192.0.2.2:2"}, Active: true}
+		return tx.UpdateNodeStatus(ctx, n, true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *v1.Event
+	for st == nil && s.Receive() {
+		if ev := s.Msg().GetEvent(); ev.GetEventType() != v1.EventType_EVENT_TYPE_HEARTBEAT {
+			st = ev
+		}
+	}
+	if st.GetEventType() != v1.EventType_EVENT_TYPE_UPDATED || st.GetResourceType() != v1.ResourceType_RESOURCE_TYPE_NODE ||
+		st.GetNode().GetSync().GetState() != v1.NodeSyncState_NODE_SYNC_STATE_FAILED || !st.GetNode().GetConflict().GetActive() ||
+		len(st.GetNode().GetConflict().GetAddresses()) != 2 {
+		t.Fatalf("status event %v", st)
+	}
 	if _, err := blueC.events.WatchEvents(ctx, connect.NewRequest(&v1.WatchEventsRequest{AllTenants: true})); err == nil {
 		// A server stream reports its error on the first Receive.
 	}

@@ -213,6 +213,9 @@ func nodePB(n *domain.Node) *v1.Node {
 			Type: v1.NodeEndpointType(enumNum(v1.NodeEndpointType(0).Descriptor(), string(e.Type))),
 		})
 	}
+	if c := n.Conflict; c != nil {
+		out.Conflict = &v1.NodeConflict{DetectTime: ts(c.DetectTime), Addresses: c.Addresses, Active: c.Active, Quarantined: c.Quarantined}
+	}
 	for _, r := range n.Routes {
 		out.Routes = append(out.Routes, &v1.NodeRoute{Cidr: r.CIDR.String(), Advertised: r.Advertised, Approved: r.Approved})
 	}

@@ -45,19 +45,14 @@ func newHub(st store.Store, log *slog.Logger, buffer int, pollEvery time.Duratio
 }
 
 // head advances h.cursor past every committed change without delivering them: watchers get
-// changes from "now" on. The store has no "last change id" query, so this pages through the
-// feed (once per follower start; see the report).
+// changes from "now" on.
 func (h *hub) head(ctx context.Context) error {
-	for {
-		evs, err := h.st.ChangesSince(ctx, h.cursor, 10000)
-		if err != nil {
-			return err
-		}
-		if len(evs) == 0 {
-			return nil
-		}
-		h.cursor = evs[len(evs)-1].ID
+	id, err := h.st.LatestChangeID(ctx)
+	if err != nil {
+		return err
 	}
+	h.cursor = max(h.cursor, id)
+	return nil
 }
 
 // subscribe registers a watcher; the follower starts with the first one.
@@ -211,6 +206,10 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 				return err
 			}
 		case e := <-sub.ch:
+			if e.ResourceType == domain.ResourceNodeStatus {
+				// A status-only write (online, sync state, reports): an update of the node to clients.
+				e.ResourceType = domain.ResourceNode
+			}
 			if !mayWatch(p, tenant, e) {
 				continue
 			}

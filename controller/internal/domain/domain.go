@@ -147,6 +147,17 @@ type Node struct {
 	// LinkedResourceID is the Relay or VRouter a RELAY or VROUTER node is.
 	LinkedResourceID string `json:"linked_resource_id,omitempty"`
 	JoinTokenID      string `json:"join_token_id,omitempty"`
+	// Conflict is the latest session conflict (one identity streaming from two places at once);
+	// nil when none was seen. Active is cleared when the competing streams are down to one.
+	Conflict *NodeConflict `json:"conflict,omitempty"`
+}
+
+// NodeConflict records one node identity streaming from two places at once.
+type NodeConflict struct {
+	DetectTime  time.Time `json:"detect_time"`
+	Addresses   []string  `json:"addresses,omitempty"`
+	Active      bool      `json:"active,omitempty"`
+	Quarantined bool      `json:"quarantined,omitempty"`
 }
 
 // NodeSync is the network-map version a node should have and the one it confirmed.
@@ -574,6 +585,10 @@ const (
 	ResourceDiscoveryServer = "discovery_server"
 	ResourceJoinToken       = "join_token"
 	ResourceSession         = "session"
+	// ResourceNodeStatus marks change events of a node's runtime status (online, sync state,
+	// reports): the node's network maps are unaffected, so map loaders skip them; the API shows
+	// them as node updates.
+	ResourceNodeStatus = "node_status"
 )
 
 // ChangeOp says what happened to a resource.

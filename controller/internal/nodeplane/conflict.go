@@ -37,12 +37,15 @@ func (p *Plane) detectConflict(ctx context.Context, c *Caller, sub *fanout.Sub, 
 		}); err != nil {
 			return err
 		}
-		if !quarantine {
-			return nil
-		}
 		n, err := tx.GetNode(ctx, c.NodeID)
 		if err != nil {
 			return err
+		}
+		// The API shows the latest conflict on the node; the status writer clears Active when
+		// the streams are down to one.
+		n.Conflict = &domain.NodeConflict{DetectTime: tx.Now(), Addresses: addrs, Active: true, Quarantined: quarantine}
+		if !quarantine {
+			return tx.UpdateNodeStatus(ctx, n, true)
 		}
 		before, _ := json.Marshal(n)
 		n.Status, n.QuarantineReason, n.QuarantineTime = domain.NodeQuarantined, reason, tx.Now()
@@ -58,6 +61,7 @@ func (p *Plane) detectConflict(ctx context.Context, c *Caller, sub *fanout.Sub, 
 	if err != nil {
 		return toConnect(fmt.Errorf("record session conflict: %w", err))
 	}
+	p.status.conflictStarted(c.NodeID)
 	if quarantine {
 		p.revoke(c.ID.TenantID, c.NodeID, "quarantined: "+reason)
 		return unauthenticated("node %s quarantined: %s", c.NodeID, reason)

@@ -297,7 +297,9 @@ func (ms *mapStream) judge(version uint64, hash, applyErr string) (sync domain.N
 		if ms.hashAt != cur {
 			ms.hash, ms.hashAt = ms.mirror.Hash(), cur
 		}
-		if ms.hash == hash {
+		if ms.hash == hash || (len(hash) == len(ms.hash) && netmapstate.LegacyHash(ms.mirror.Map()) == hash) {
+			// The second form is what agents before the incremental hash send (O(peers), only
+			// for them).
 			sync.State = domain.SyncInSync
 		} else {
 			sync.State = domain.SyncFailed

@@ -59,7 +59,9 @@ type Deps struct {
 	QueueLen int
 	// Coalesce is how long a stream waits after a change for more before sending (0: 25 ms).
 	Coalesce time.Duration
-	// KeepAlive is the idle interval after which a stream sends a KeepAlive (0: 25 s).
+	// KeepAlive is the idle interval after which a stream sends a KeepAlive (0: 2 min; agents send
+	// HTTP/2 pings every 30 s themselves, which keep middleboxes' state; each KeepAlive is a TLS
+	// write per stream, the largest idle cost at 10,000 streams).
 	KeepAlive time.Duration
 	// SendTimeout ends a stream whose agent does not read a message within it (0: 30 s).
 	SendTimeout time.Duration
@@ -106,7 +108,7 @@ func (d *Deps) defaults() error {
 		}
 	}
 	set(&d.Coalesce, 25*time.Millisecond)
-	set(&d.KeepAlive, 25*time.Second)
+	set(&d.KeepAlive, 2*time.Minute)
 	set(&d.SendTimeout, 30*time.Second)
 	set(&d.ReportInterval, 30*time.Second)
 	set(&d.OfflineAfter, 3*d.ReportInterval)

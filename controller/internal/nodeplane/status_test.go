@@ -150,16 +150,32 @@ func TestSessionConflict(t *testing.T) {
 			clone.cert.Store(a.cert.Load())
 			clone.cc = e.dial(t, a.cert.Load)
 			clone.ctl = nodev1.NewControlServiceClient(clone.cc)
-			s2, err := clone.ctl.WatchNetworkMap(context.Background(), &nodev1.WatchNetworkMapRequest{SessionId: "cloned-agent"})
+			cctx, ccancel := context.WithCancel(context.Background())
+			defer ccancel()
+			s2, err := clone.ctl.WatchNetworkMap(cctx, &nodev1.WatchNetworkMapRequest{SessionId: "cloned-agent"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			_, err2 := s2.Recv()
 			eventually(t, 5*time.Second, "incident audited", func() bool { return len(e.audits(t, "NodeSessionConflict")) == 1 })
+			// The conflict is persisted on the node (the API shows it) ...
+			n := e.getNode(t, a.id.GetNodeId())
+			if c := n.Conflict; c == nil || len(c.Addresses) != 2 || c.Quarantined != quarantine || c.DetectTime.IsZero() {
+				t.Fatalf("stored conflict %+v", n.Conflict)
+			}
 			if !quarantine {
 				if err2 != nil {
 					t.Fatalf("second stream refused without quarantine_on_conflict: %v", err2)
 				}
+				if !n.Conflict.Active {
+					t.Fatal("conflict not active while both streams are open")
+				}
+				// ... and cleared once the clone's stream ended.
+				ccancel()
+				eventually(t, 10*time.Second, "conflict cleared", func() bool {
+					c := e.getNode(t, a.id.GetNodeId()).Conflict
+					return c != nil && !c.Active && len(c.Addresses) == 2
+				})
 				return
 			}
 			if status.Code(err2) != codes.Unauthenticated {
@@ -171,6 +187,11 @@ func TestSessionConflict(t *testing.T) {
 			if n := e.getNode(t, a.id.GetNodeId()); n.Status != domain.NodeQuarantined || n.QuarantineReason == "" {
 				t.Fatalf("node %s (%q), want quarantined", n.Status, n.QuarantineReason)
 			}
+			// Both streams are closed: the conflict is over (the quarantine stays).
+			eventually(t, 10*time.Second, "conflict cleared", func() bool {
+				n := e.getNode(t, a.id.GetNodeId())
+				return n.Conflict != nil && !n.Conflict.Active && n.Conflict.Quarantined && n.Status == domain.NodeQuarantined
+			})
 		})
 	}
 }

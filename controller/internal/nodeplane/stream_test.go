@@ -140,9 +140,10 @@ func TestResyncAfterFallingBehind(t *testing.T) {
 		cancel()
 		for i := range 5 {
 			e.setNode(t, b.id.GetNodeId(), func(n *domain.Node) { n.Tags = []string{fmt.Sprint("t", i)} })
-		}
-		if err := e.p.CatchUp(context.Background()); err != nil {
-			t.Fatal(err)
+			// One version per change: applied together, the five would be read once (one version).
+			if err := e.p.CatchUp(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 		}
 		ch, cancel = a.watch(t, context.Background(), st.Version(), "s-alpha-1")
 		defer cancel()

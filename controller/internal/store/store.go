@@ -54,6 +54,9 @@ type Store interface {
 	// ChangesSince returns up to limit change events with ID > afterID, in ID order, across all
 	// tenants. IDs are assigned in commit order, so a reader never skips a change.
 	ChangesSince(ctx context.Context, afterID int64, limit int) ([]domain.ChangeEvent, error)
+	// LatestChangeID returns the id of the newest change event (0 when the feed is empty): a
+	// reader that loaded the current state after calling it follows the feed from there.
+	LatestChangeID(ctx context.Context) (int64, error)
 	// PruneChanges deletes change events older than before (the feed is a replication log,
 	// not history: the audit log is) and returns how many.
 	PruneChanges(ctx context.Context, before time.Time) (int64, error)
@@ -303,6 +306,16 @@ type Tx interface {
 	CreateNodes(ctx context.Context, vs []*domain.Node) error
 	// UpdateNode keeps CvlanID and the addresses (stable for the node's life).
 	UpdateNode(ctx context.Context, v *domain.Node) error
+	// UpdateNodeStatus is UpdateNode for a change of the node's runtime status only (online,
+	// last seen, sync state, report details, certificate, conflict): no network map depends on
+	// those, so it records no node change event (map loaders of every replica would re-read the
+	// node). With notify it records a domain.ResourceNodeStatus event instead, which map loaders
+	// skip and WatchEvents shows as an update of the node; without, nothing.
+	UpdateNodeStatus(ctx context.Context, v *domain.Node, notify bool) error
+	// TouchNodes records that the nodes were seen at `at` like TouchNode, in one statement per
+	// chunk and without reading them; a node last seen later keeps its time, unknown ids are
+	// skipped.
+	TouchNodes(ctx context.Context, ids []string, at time.Time) error
 	// TouchNode records that the node was seen at `at` without changing its version or
 	// emitting a change event (heartbeats must not conflict with admin edits or flood the
 	// feed); ListNodes' LastSeenBefore filter sees it.

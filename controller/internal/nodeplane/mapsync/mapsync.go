@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"sync"
@@ -29,6 +30,7 @@ import (
 type Store interface {
 	ReadTx(ctx context.Context, scope store.Scope, fn func(store.Tx) error) error
 	ChangesSince(ctx context.Context, afterID int64, limit int) ([]domain.ChangeEvent, error)
+	LatestChangeID(ctx context.Context) (int64, error)
 	Watch(ctx context.Context) (<-chan struct{}, error)
 }
 
@@ -176,29 +178,15 @@ func listAll[T any](list func(store.ListOptions) (*store.Page[T], error)) ([]*T,
 
 const feedPage = 1000
 
-// head returns the id of the newest change in the feed.
-func (l *Loader) head(ctx context.Context) (int64, error) {
-	var last int64
-	for {
-		evs, err := l.o.Store.ChangesSince(ctx, last, feedPage*10)
-		if err != nil {
-			return 0, fmt.Errorf("mapsync: read change feed: %w", err)
-		}
-		if len(evs) == 0 {
-			return last, nil
-		}
-		last = evs[len(evs)-1].ID
-	}
-}
-
 // Load reads every network from the store into the engine. Changes committed while it reads are
 // applied afterwards (the feed position is taken first), so nothing is missed.
 func (l *Loader) Load(ctx context.Context) error {
 	l.applyMu.Lock()
 	defer l.applyMu.Unlock()
-	start, err := l.head(ctx)
+	// The feed position first: what commits while the networks are read is applied afterwards.
+	start, err := l.o.Store.LatestChangeID(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("mapsync: read change feed head: %w", err)
 	}
 	var (
 		tenants  []*domain.Tenant
@@ -389,7 +377,7 @@ func (l *Loader) apply(ctx context.Context, evs []domain.ChangeEvent) error {
 			tenantIDs[e.ResourceID] = true
 		case domain.ResourcePolicy:
 			policyTenants[e.TenantID] = true
-		case domain.ResourceGroup, domain.ResourceUser:
+		case domain.ResourceGroup: // user events need nothing: memberships live on groups
 			groupTenants[e.TenantID] = true
 		case domain.ResourceRelay, domain.ResourceRegion:
 			relaysChanged = true
@@ -767,6 +755,18 @@ func groupsOf(nodeID, userID string, ti *tenantInfo) []string {
 	}
 	slices.Sort(g)
 	return slices.Compact(g)
+}
+
+// SameForMaps reports whether two versions of a node give the same network maps as far as fields
+// that change without an admin are concerned (status, endpoints, home relay, routes): the status
+// writer stores a change that keeps them equal without a node change event, so that no replica
+// re-reads the node. Group membership and policies are not node fields and do not matter here.
+func SameForMaps(a, b *domain.Node) bool {
+	if (a.Status == domain.NodeQuarantined) != (b.Status == domain.NodeQuarantined) {
+		return false
+	}
+	var ti tenantInfo
+	return reflect.DeepEqual(engineNode(a, &ti), engineNode(b, &ti))
 }
 
 // engineNode is the engine's record of a stored node.

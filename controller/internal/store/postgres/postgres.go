@@ -99,6 +99,9 @@ var dialect = sqlcore.Dialect{
 	Name:      "postgres",
 	Rebind:    rebind,
 	ForUpdate: " FOR UPDATE",
+	SetJSONText: func(data, key, val string) string {
+		return "jsonb_set(" + data + ", '{" + key + "}', to_jsonb(" + val + "::text))"
+	},
 	ArrayHas: func(data, key, val string) string {
 		return "coalesce(" + data + "->'" + key + "', '[]'::jsonb) @> jsonb_build_array(" + val + "::text)"
 	},
@@ -306,6 +309,17 @@ func (s *Store) PruneChanges(ctx context.Context, before time.Time) (int64, erro
 		return err
 	})
 	return n, err
+}
+
+// LatestChangeID implements store.Store.
+func (s *Store) LatestChangeID(ctx context.Context) (int64, error) {
+	var id int64
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		id, err = t.(*sqlcore.Tx).LatestChangeID(ctx)
+		return err
+	})
+	return id, err
 }
 
 // ChangesSince implements store.Store.

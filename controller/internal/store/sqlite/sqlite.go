@@ -66,6 +66,9 @@ func sqliteCode(err error) int {
 
 var dialect = sqlcore.Dialect{
 	Name: "sqlite",
+	SetJSONText: func(data, key, val string) string {
+		return "json_set(" + data + ", '$." + key + "', " + val + ")"
+	},
 	ArrayHas: func(data, key, val string) string {
 		return "EXISTS (SELECT 1 FROM json_each(" + data + ", '$." + key + "') j WHERE j.value = " + val + ")"
 	},
@@ -218,6 +221,17 @@ func (s *Store) PruneChanges(ctx context.Context, before time.Time) (int64, erro
 		return err
 	})
 	return n, err
+}
+
+// LatestChangeID implements store.Store.
+func (s *Store) LatestChangeID(ctx context.Context) (int64, error) {
+	var id int64
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		id, err = t.(*sqlcore.Tx).LatestChangeID(ctx)
+		return err
+	})
+	return id, err
 }
 
 // ChangesSince implements store.Store.

@@ -59,6 +59,8 @@ func Run(t *testing.T, h Harness) {
 		{"ChangeFeedCredentials", testChangeFeedCredentials},
 		{"ChangeFeedConcurrent", testChangeFeedConcurrent},
 		{"Watch", testWatch},
+		{"LatestChangeID", testLatestChangeID},
+		{"NodeStatusWrites", testNodeStatusWrites},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, h) })

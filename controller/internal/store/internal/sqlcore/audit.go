@@ -166,6 +166,16 @@ func (tx *Tx) ChangesSince(ctx context.Context, afterID int64, limit int) ([]dom
 	return out, rows.Err()
 }
 
+// LatestChangeID returns the id of the newest change event, 0 for an empty feed. Stores call it
+// in an all-tenants read transaction.
+func (tx *Tx) LatestChangeID(ctx context.Context) (int64, error) {
+	id, _, err := tx.queryInt64(ctx, "SELECT max(id) FROM change_events")
+	if err != nil {
+		return 0, fmt.Errorf("read change feed head: %w", err)
+	}
+	return id, nil
+}
+
 // PruneChanges deletes change events older than before. Stores call it in an all-tenants
 // transaction.
 func (tx *Tx) PruneChanges(ctx context.Context, before time.Time) (int64, error) {

@@ -57,6 +57,9 @@ type Dialect struct {
 	// JSONMicros returns the RFC 3339 time field key of data as Unix microseconds (NULL when
 	// absent; SQLite resolves milliseconds).
 	JSONMicros func(data, key string) string
+	// SetJSONText returns an expression that is the JSON column data with the string at the
+	// top-level key replaced by the string expression val.
+	SetJSONText func(data, key, val string) string
 	// IsUnique and IsForeignKey classify constraint violations.
 	IsUnique     func(error) bool
 	IsForeignKey func(error) bool

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
@@ -433,6 +434,44 @@ func (tx *Tx) takenAddrs(ctx context.Context, cvlanID string, from, to int64) ([
 
 // UpdateNode implements store.Tx.
 func (tx *Tx) UpdateNode(ctx context.Context, v *domain.Node) error { return nodes.update(ctx, tx, v) }
+
+// UpdateNodeStatus implements store.Tx.
+func (tx *Tx) UpdateNodeStatus(ctx context.Context, v *domain.Node, notify bool) error {
+	kind := ""
+	if notify {
+		kind = domain.ResourceNodeStatus
+	}
+	return nodes.updateAs(ctx, tx, v, kind)
+}
+
+// TouchNodes implements store.Tx: one UPDATE per chunk of ids, touching the last_seen column and
+// the JSON copy in place (no read, no decode).
+func (tx *Tx) TouchNodes(ctx context.Context, ids []string, at time.Time) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	at = at.UTC().Truncate(time.Microsecond)
+	stamp, err := jsonString(at)
+	if err != nil {
+		return err
+	}
+	stamp = strings.Trim(stamp, `"`)
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), insertRows)]
+		ids = ids[len(chunk):]
+		idArgs := make([]any, len(chunk))
+		for i, id := range chunk {
+			idArgs[i] = id
+		}
+		in := cond{"id IN (" + strings.TrimSuffix(strings.Repeat("?, ", len(chunk)), ", ") + ")", idArgs}
+		w, wargs := where(append(nodes.writeConds(tx), in, cond{"last_seen < ?", []any{micros(at)}}))
+		q := "UPDATE nodes SET last_seen = ?, data = " + tx.d.SetJSONText("data", "last_seen_time", "?") + w
+		if _, err := tx.exec(ctx, q, append([]any{micros(at), stamp}, wargs...)...); err != nil {
+			return fmt.Errorf("touch nodes: %w", err)
+		}
+	}
+	return nil
+}
 
 // TouchNode implements store.Tx.
 func (tx *Tx) TouchNode(ctx context.Context, id string, at time.Time) error {

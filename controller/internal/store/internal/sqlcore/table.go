@@ -287,6 +287,15 @@ func (t *table[T, P]) insertMany(ctx context.Context, tx *Tx, ps []P) error {
 }
 
 func (t *table[T, P]) update(ctx context.Context, tx *Tx, p P) error {
+	feedKind := ""
+	if t.feed {
+		feedKind = t.kind
+	}
+	return t.updateAs(ctx, tx, p, feedKind)
+}
+
+// updateAs is update recording a change event of resource type feedKind (none when empty).
+func (t *table[T, P]) updateAs(ctx context.Context, tx *Tx, p P, feedKind string) error {
 	if err := tx.writable(); err != nil {
 		return err
 	}
@@ -328,8 +337,8 @@ func (t *table[T, P]) update(ctx context.Context, tx *Tx, p P) error {
 		// Changed (or deleted) by a concurrent transaction since we read it.
 		return fmt.Errorf("update %s %s: changed concurrently: %w", t.kind, m.ID, domain.ErrConflict)
 	}
-	if t.feed {
-		tx.record(t.tenantOf(p), t.kind, m.ID, domain.OpUpdate, m.Version)
+	if feedKind != "" {
+		tx.record(t.tenantOf(p), feedKind, m.ID, domain.OpUpdate, m.Version)
 	}
 	return nil
 }

@@ -1,0 +1,220 @@
+package storetest
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
+	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+)
+
+// feedSince returns the change events after id.
+func feedSince(t *testing.T, s store.Store, id int64) []domain.ChangeEvent {
+	t.Helper()
+	evs, err := s.ChangesSince(ctx(t), id, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
+func latest(t *testing.T, s store.Store) int64 {
+	t.Helper()
+	id, err := s.LatestChangeID(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// testLatestChangeID: the head of the feed is the id of its newest event, 0 when empty, and stays
+// put after pruning (ids are never reused).
+func testLatestChangeID(t *testing.T, h Harness) {
+	s := h.New(t)
+	c := ctx(t)
+	if got := latest(t, s); got != 0 {
+		t.Fatalf("empty feed: latest = %d, want 0", got)
+	}
+	steps := []struct {
+		name string
+		fn   func(f fixture) func(store.Tx) error
+		// grows says whether the step appends change events.
+		grows bool
+	}{
+		{"create node", func(f fixture) func(store.Tx) error {
+			return func(tx store.Tx) error { return tx.CreateNode(c, f.node("a")) }
+		}, true},
+		{"create user", func(f fixture) func(store.Tx) error {
+			return func(tx store.Tx) error { return tx.CreateUser(c, &domain.User{Name: "u", Email: "u@x"}) }
+		}, true},
+		{"audit entry (no event)", func(f fixture) func(store.Tx) error {
+			return func(tx store.Tx) error {
+				return tx.AppendAudit(c, &domain.AuditEntry{TenantID: f.tenant.ID, Action: "test.noop", ResourceType: domain.ResourceTenant, ActorType: domain.ActorSystem})
+			}
+		}, false},
+		{"create two nodes", func(f fixture) func(store.Tx) error {
+			return func(tx store.Tx) error { return tx.CreateNodes(c, []*domain.Node{f.node("b"), f.node("c")}) }
+		}, true},
+	}
+	f := newTenant(t, s, "head", "")
+	prev := latest(t, s)
+	if evs := feedSince(t, s, 0); len(evs) == 0 || evs[len(evs)-1].ID != prev {
+		t.Fatalf("latest %d is not the last event of %+v", prev, evs)
+	}
+	for _, st := range steps {
+		must(t, s, f.scope, st.fn(f))
+		got := latest(t, s)
+		evs := feedSince(t, s, prev)
+		switch {
+		case st.grows && (len(evs) == 0 || got != evs[len(evs)-1].ID):
+			t.Fatalf("%s: latest %d, events after %d: %+v", st.name, got, prev, evs)
+		case !st.grows && (got != prev || len(evs) != 0):
+			t.Fatalf("%s: latest moved %d -> %d (%d events)", st.name, prev, got, len(evs))
+		}
+		prev = got
+	}
+	if _, err := s.PruneChanges(c, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got := latest(t, s); got != 0 {
+		// An empty feed after pruning reads 0; new events still get larger ids.
+		t.Fatalf("after pruning everything: latest = %d", got)
+	}
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.CreateNode(c, f.node("d")) })
+	if got := latest(t, s); got <= prev {
+		t.Fatalf("after pruning, a new event has id %d <= %d", got, prev)
+	}
+}
+
+// testNodeStatusWrites: status writes keep the node's network-map event out of the feed (with
+// notify, a node_status event instead) while readers see the new status; touches are batched and
+// only move last-seen forward.
+func testNodeStatusWrites(t *testing.T, h Harness) {
+	s := h.New(t)
+	c := ctx(t)
+	f := newTenant(t, s, "status", "")
+	n := f.node("n")
+	other := f.node("other")
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.CreateNodes(c, []*domain.Node{n, other}) })
+	seen := time.Now().UTC().Truncate(time.Microsecond)
+	tests := []struct {
+		name   string
+		change func(*domain.Node)
+		notify bool
+		want   func(*domain.Node) error
+	}{
+		{"online", func(n *domain.Node) { n.Status, n.LastSeenTime = domain.NodeOnline, seen }, false, func(g *domain.Node) error {
+			if g.Status != domain.NodeOnline || !g.LastSeenTime.Equal(seen) {
+				return fmt.Errorf("status %s, last seen %v", g.Status, g.LastSeenTime)
+			}
+			return nil
+		}},
+		{"sync state, notified", func(n *domain.Node) {
+			n.Sync = domain.NodeSync{State: domain.SyncInSync, DesiredVersion: 7, AppliedVersion: 7, AppliedHash: "h"}
+		}, true, func(g *domain.Node) error {
+			if g.Sync.State != domain.SyncInSync || g.Sync.AppliedVersion != 7 || g.Sync.AppliedHash != "h" {
+				return fmt.Errorf("sync %+v", g.Sync)
+			}
+			return nil
+		}},
+		{"conflict", func(n *domain.Node) {
+			n.Conflict = &domain.NodeConflict{DetectTime: seen, Addresses: []string{"192.0.2.1:1", "192.0.2.2:2"}, Active: true}
+		}, true, func(g *domain.Node) error {
+			if g.Conflict == nil || !g.Conflict.Active || len(g.Conflict.Addresses) != 2 || !g.Conflict.DetectTime.Equal(seen) {
+				return fmt.Errorf("conflict %+v", g.Conflict)
+			}
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		head := latest(t, s)
+		var before int64
+		must(t, s, f.scope, func(tx store.Tx) error {
+			cur, err := tx.GetNode(c, n.ID)
+			if err != nil {
+				return err
+			}
+			before = cur.Version
+			tt.change(cur)
+			return tx.UpdateNodeStatus(c, cur, tt.notify)
+		})
+		evs := feedSince(t, s, head)
+		switch {
+		case !tt.notify && len(evs) != 0:
+			t.Fatalf("%s: quiet status write made events %+v", tt.name, evs)
+		case tt.notify && (len(evs) != 1 || evs[0].ResourceType != domain.ResourceNodeStatus || evs[0].ResourceID != n.ID || evs[0].TenantID != f.tenant.ID):
+			t.Fatalf("%s: events %+v, want one node_status event", tt.name, evs)
+		}
+		must(t, s, f.scope, func(tx store.Tx) error {
+			g, err := tx.GetNode(c, n.ID)
+			if err != nil {
+				return err
+			}
+			if g.Version != before+1 {
+				return fmt.Errorf("%s: version %d, want %d (status writes keep optimistic concurrency)", tt.name, g.Version, before+1)
+			}
+			if err := tt.want(g); err != nil {
+				return fmt.Errorf("%s: %w", tt.name, err)
+			}
+			// A stale copy conflicts as with UpdateNode.
+			g.Version = before
+			if err := tx.UpdateNodeStatus(c, g, false); err == nil {
+				return fmt.Errorf("%s: stale status write succeeded", tt.name)
+			}
+			return nil
+		})
+	}
+	// A node's status is visible through the filters.
+	must(t, s, f.scope, func(tx store.Tx) error {
+		p, err := tx.ListNodes(c, store.NodeFilter{SyncState: domain.SyncInSync}, store.ListOptions{})
+		if err == nil && (len(p.Items) != 1 || p.Items[0].ID != n.ID) {
+			err = fmt.Errorf("sync-state filter: %v", names(p))
+		}
+		return err
+	})
+
+	// Touches: no event, no version, forward only, unknown ids ignored.
+	head := latest(t, s)
+	later := seen.Add(time.Minute)
+	must(t, s, store.AllTenants(), func(tx store.Tx) error {
+		return tx.TouchNodes(c, []string{n.ID, other.ID, "no-such-node"}, later)
+	})
+	must(t, s, store.AllTenants(), func(tx store.Tx) error { return tx.TouchNodes(c, []string{n.ID}, seen) })
+	if evs := feedSince(t, s, head); len(evs) != 0 {
+		t.Fatalf("touches made events %+v", evs)
+	}
+	must(t, s, f.scope, func(tx store.Tx) error {
+		for _, id := range []string{n.ID, other.ID} {
+			g, err := tx.GetNode(c, id)
+			if err != nil {
+				return err
+			}
+			if !g.LastSeenTime.Equal(later) {
+				return fmt.Errorf("node %s last seen %v, want %v", g.Name, g.LastSeenTime, later)
+			}
+			if g.Name == "other" && g.Version != 1 {
+				return fmt.Errorf("touch changed the version to %d", g.Version)
+			}
+		}
+		p, err := tx.ListNodes(c, store.NodeFilter{LastSeenBefore: later}, store.ListOptions{})
+		if err == nil && len(p.Items) != 0 {
+			err = fmt.Errorf("last-seen filter after touch: %v", names(p))
+		}
+		return err
+	})
+	// Another tenant's scope touches nothing of this tenant.
+	g := newTenant(t, s, "other-tenant", "")
+	must(t, s, g.scope, func(tx store.Tx) error { return tx.TouchNodes(c, []string{n.ID}, later.Add(time.Hour)) })
+	must(t, s, f.scope, func(tx store.Tx) error {
+		got, err := tx.GetNode(c, n.ID)
+		if err == nil && !got.LastSeenTime.Equal(later) {
+			err = fmt.Errorf("another tenant touched the node: %v", got.LastSeenTime)
+		}
+		return err
+	})
+	// Read-only transactions refuse.
+	if err := s.ReadTx(c, store.AllTenants(), func(tx store.Tx) error { return tx.TouchNodes(c, []string{n.ID}, later) }); err == nil {
+		t.Fatal("TouchNodes in a read-only transaction succeeded")
+	}
+}

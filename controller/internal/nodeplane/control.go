@@ -179,47 +179,62 @@ func (ms *mapStream) sendSnapshot() error {
 
 func (ms *mapStream) loop(ctx context.Context) error {
 	p := ms.p
-	keep := time.NewTimer(p.deps.KeepAlive)
-	defer keep.Stop()
-	expiry := time.NewTimer(max(time.Until(ms.caller.NotAfter), 0))
-	defer expiry.Stop()
-	coalesce := time.NewTimer(0)
-	<-coalesce.C
+	// One timer serves the keep-alive, the certificate expiry and the coalescing wait: every
+	// agent holds one such stream, so what each keeps counts.
+	keepAt := time.Now().Add(p.deps.KeepAlive)
+	expiryAt := ms.caller.NotAfter
+	var flushAt time.Time // zero: nothing waits to be sent
+	timer := time.NewTimer(time.Until(earliest(keepAt, expiryAt)))
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ms.sub.Done():
 			return ms.sub.Err()
-		case <-expiry.C:
-			// The certificate the stream was opened with ran out: it lives on only while the identity
-			// holds a renewed one.
-			until := p.reg.certValidUntil(ms.caller.ID.String())
-			if !time.Now().Before(until) {
-				return unauthenticated("client certificate expired at %s and was not renewed", ms.caller.NotAfter.UTC().Format(time.RFC3339))
-			}
-			expiry.Reset(time.Until(until))
-		case <-keep.C:
-			if err := ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}}); err != nil {
-				return err
-			}
-			keep.Reset(p.deps.KeepAlive)
 		case <-ms.sub.Wake():
 			// Wait a moment so that a burst of changes goes out as one message.
-			coalesce.Reset(p.deps.Coalesce)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ms.sub.Done():
-				return ms.sub.Err()
-			case <-coalesce.C:
+			if flushAt.IsZero() {
+				flushAt = time.Now().Add(p.deps.Coalesce)
 			}
-			if err := ms.flush(); err != nil {
-				return err
+		case <-timer.C:
+			now := time.Now()
+			if !flushAt.IsZero() && !now.Before(flushAt) {
+				flushAt = time.Time{}
+				if err := ms.flush(); err != nil {
+					return err
+				}
+				keepAt = time.Now().Add(p.deps.KeepAlive)
 			}
-			keep.Reset(p.deps.KeepAlive)
+			if !now.Before(expiryAt) {
+				// The certificate the stream was opened with ran out: it lives on only while the
+				// identity holds a renewed one.
+				until := p.reg.certValidUntil(ms.caller.ID.String())
+				if !now.Before(until) {
+					return unauthenticated("client certificate expired at %s and was not renewed", ms.caller.NotAfter.UTC().Format(time.RFC3339))
+				}
+				expiryAt = until
+			}
+			if !now.Before(keepAt) {
+				if err := ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}}); err != nil {
+					return err
+				}
+				keepAt = time.Now().Add(p.deps.KeepAlive)
+			}
 		}
+		next := earliest(keepAt, expiryAt)
+		if !flushAt.IsZero() {
+			next = earliest(next, flushAt)
+		}
+		timer.Reset(time.Until(next))
 	}
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // flush sends what the queue holds: posted hole punches, then one merged delta or a snapshot.

@@ -231,7 +231,7 @@ func (p *Plane) Handler() http.Handler {
 	mux.Handle(nodev1connect.NewControlServiceHandler(controlService{p}, authn))
 	mux.Handle(relayv1connect.NewRelayControlServiceHandler(relayService{p}, authn))
 	mux.Handle(vrouterv1connect.NewVRouterControlServiceHandler(vrouterService{p}, authn))
-	return withConnInfo(smallFrames(mux))
+	return withConnInfo(mux)
 }
 
 // TLSConfig is the node port's TLS configuration: TLS 1.3, the controller certificate, client

@@ -8,12 +8,10 @@ import "net/http"
 // much behind on every agent connection. Deltas and keep-alives are smaller and go out unchanged.
 const maxWriteChunk = 1 << 10
 
-// smallFrames cuts large response writes into flushed pieces of at most maxWriteChunk bytes, so that
-// no DATA frame (and no retained frame buffer) is larger.
-func smallFrames(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(&chunkedWriter{ResponseWriter: w, rc: http.NewResponseController(w)}, r)
-	})
+// newChunkedWriter wraps w so that large response writes go out as flushed pieces of at most
+// maxWriteChunk bytes: no DATA frame (and no retained frame buffer) is larger.
+func newChunkedWriter(w http.ResponseWriter) http.ResponseWriter {
+	return &chunkedWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
 }
 
 type chunkedWriter struct {

@@ -71,6 +71,9 @@ func main() {
 	cpuProfile := flag.String("cpuprofile", "", "write the controller process's CPU profile to this file")
 	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file")
 	flag.Parse()
+	if memProfile != "" {
+		runtime.MemProfileRate = 4096 // fine-grained enough to attribute a few KiB per agent
+	}
 	if *worker != "" {
 		if err := runWorker(*worker); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)

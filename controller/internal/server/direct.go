@@ -70,10 +70,11 @@ func (d *direct) serve(ln net.Listener) error {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: back off as net/http does.
+			if !errors.Is(err, net.ErrClosed) && !d.isClosed() {
+				// Out of file descriptors, an aborted connection and the like: back off as
+				// net/http does instead of giving up the port.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				d.log.Warn("accept", "err", err, "retry_in", delay)
 				time.Sleep(delay)
 				continue
 			}
@@ -81,10 +82,7 @@ func (d *direct) serve(ln net.Listener) error {
 			if e := <-h1err; e != nil && !errors.Is(e, http.ErrServerClosed) && !errors.Is(e, net.ErrClosed) {
 				return e
 			}
-			if d.isClosed() {
-				return http.ErrServerClosed
-			}
-			return err
+			return http.ErrServerClosed
 		}
 		delay = 0
 		if !d.track(c) {

@@ -122,7 +122,7 @@ func newController(ctx context.Context, cfg config, log *slog.Logger, out io.Wri
 
 	c.listeners = []server.Listener{
 		{Name: "api", Addr: cfg.apiAddr, TLS: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: serverCert.GetCertificate}, Handler: apiMux},
-		{Name: "node", Addr: cfg.nodeAddr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler()},
+		{Name: "node", Addr: cfg.nodeAddr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()},
 		{Name: "metrics", Addr: cfg.metricsAddr, Handler: metricsMux},
 	}
 	return c, nil

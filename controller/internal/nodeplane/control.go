@@ -41,33 +41,50 @@ func meshCaller(ctx context.Context) (*Caller, error) {
 }
 
 // WatchNetworkMap implements nodev1connect.ControlServiceHandler.
+//
+// Its goroutine stays parked in loop for the stream's life, one per agent: the frames beneath loop
+// are kept small (the setup runs in openMapStream and returns), so that the runtime shrinks the
+// goroutine's stack to 8 KiB instead of keeping 16 KiB.
 func (s controlService) WatchNetworkMap(ctx context.Context, req *connect.Request[nodev1.WatchNetworkMapRequest], stream *connect.ServerStream[nodev1.WatchNetworkMapResponse]) error {
-	p := s.p
-	c, err := meshCaller(ctx)
+	ms, err := s.p.openMapStream(ctx, req.Msg, stream)
 	if err != nil {
 		return err
 	}
-	if err := p.validate.Validate(req.Msg); err != nil {
-		return connect.NewError(connect.CodeInvalidArgument, err)
+	defer ms.close()
+	return ms.loop(ctx)
+}
+
+// openMapStream admits and registers a stream and sends its first message. On success the caller
+// must call close when the stream ends.
+//
+//go:noinline
+func (p *Plane) openMapStream(ctx context.Context, msg *nodev1.WatchNetworkMapRequest, stream *connect.ServerStream[nodev1.WatchNetworkMapResponse]) (*mapStream, error) {
+	c, err := meshCaller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.validate.Validate(msg); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	release, wait, ok := p.admit.acquire()
 	if !ok {
-		return exhausted("controller busy: too many map streams", wait)
+		return nil, exhausted("controller busy: too many map streams", wait)
 	}
-	defer release()
 
 	nwID, _, ok := p.loader.Network(c.NodeID)
 	if !ok {
 		// Enrolled a moment ago, maybe through another replica: apply the feed now.
 		if err := p.loader.CatchUp(ctx); err != nil {
-			return connect.NewError(connect.CodeUnavailable, err)
+			release()
+			return nil, connect.NewError(connect.CodeUnavailable, err)
 		}
 		if nwID, _, ok = p.loader.Network(c.NodeID); !ok {
-			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %s is not in any loaded network", c.NodeID))
+			release()
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %s is not in any loaded network", c.NodeID))
 		}
 	}
-	sub := fanout.NewSub(c.NodeID, req.Msg.GetSessionId(), c.Addr)
-	ms := &mapStream{p: p, sub: sub, caller: c, nwID: nwID}
+	sub := fanout.NewSub(c.NodeID, msg.GetSessionId(), c.Addr)
+	ms := &mapStream{p: p, sub: sub, caller: c, nwID: nwID, release: release}
 	ci := connInfoFrom(ctx)
 	ms.send = func(m *nodev1.WatchNetworkMapResponse) error {
 		// A stuck agent must not hold this goroutine forever: past the deadline the stream is reset.
@@ -81,32 +98,39 @@ func (s controlService) WatchNetworkMap(ctx context.Context, req *connect.Reques
 	p.streamsMu.Lock()
 	p.streams[sub] = ms
 	p.streamsMu.Unlock()
-	defer func() {
-		left := p.hub.Remove(sub)
-		p.streamsMu.Lock()
-		delete(p.streams, sub)
-		p.streamsMu.Unlock()
-		p.status.streamClosed(c, len(left))
-	}()
 	if err := p.detectConflict(ctx, c, sub, others); err != nil {
-		return err
+		ms.close()
+		return nil, err
 	}
 	p.status.streamOpened(c)
 
-	if err := ms.initial(req.Msg.GetKnownVersion()); err != nil {
-		return err
+	if err := ms.initial(msg.GetKnownVersion()); err != nil {
+		ms.close()
+		return nil, err
 	}
-	return ms.loop(ctx)
+	return ms, nil
+}
+
+// close unregisters the stream and gives back its admission slot.
+func (ms *mapStream) close() {
+	p := ms.p
+	left := p.hub.Remove(ms.sub)
+	p.streamsMu.Lock()
+	delete(p.streams, ms.sub)
+	p.streamsMu.Unlock()
+	p.status.streamClosed(ms.caller, len(left))
+	ms.release()
 }
 
 // mapStream is the server side of one WatchNetworkMap stream. It mirrors the agent's state (what
 // it was sent) to judge acknowledgements by the same hash the agent computes.
 type mapStream struct {
-	p      *Plane
-	sub    *fanout.Sub
-	caller *Caller
-	nwID   netmap.NetworkID
-	send   func(*nodev1.WatchNetworkMapResponse) error
+	p       *Plane
+	sub     *fanout.Sub
+	caller  *Caller
+	nwID    netmap.NetworkID
+	send    func(*nodev1.WatchNetworkMapResponse) error
+	release func() // the admission slot
 
 	mu             sync.Mutex
 	mirror         netmapstate.State
@@ -178,48 +202,82 @@ func (ms *mapStream) sendSnapshot() error {
 }
 
 func (ms *mapStream) loop(ctx context.Context) error {
-	p := ms.p
-	keep := time.NewTimer(p.deps.KeepAlive)
-	defer keep.Stop()
-	expiry := time.NewTimer(max(time.Until(ms.caller.NotAfter), 0))
-	defer expiry.Stop()
-	coalesce := time.NewTimer(0)
-	<-coalesce.C
+	// One timer serves the keep-alive, the certificate expiry and the coalescing wait: every
+	// agent holds one such stream, so what each keeps counts.
+	t := streamTimes{keep: time.Now().Add(ms.p.deps.KeepAlive), expiry: ms.caller.NotAfter}
+	timer := time.NewTimer(time.Until(t.next()))
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ms.sub.Done():
 			return ms.sub.Err()
-		case <-expiry.C:
-			// The certificate the stream was opened with ran out: it lives on only while the identity
-			// holds a renewed one.
-			until := p.reg.certValidUntil(ms.caller.ID.String())
-			if !time.Now().Before(until) {
-				return unauthenticated("client certificate expired at %s and was not renewed", ms.caller.NotAfter.UTC().Format(time.RFC3339))
-			}
-			expiry.Reset(time.Until(until))
-		case <-keep.C:
-			if err := ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}}); err != nil {
-				return err
-			}
-			keep.Reset(p.deps.KeepAlive)
 		case <-ms.sub.Wake():
 			// Wait a moment so that a burst of changes goes out as one message.
-			coalesce.Reset(p.deps.Coalesce)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-ms.sub.Done():
-				return ms.sub.Err()
-			case <-coalesce.C:
+			if t.flush.IsZero() {
+				t.flush = time.Now().Add(ms.p.deps.Coalesce)
 			}
-			if err := ms.flush(); err != nil {
+		case <-timer.C:
+			if err := ms.onTimer(&t); err != nil {
 				return err
 			}
-			keep.Reset(p.deps.KeepAlive)
 		}
+		timer.Reset(time.Until(t.next()))
 	}
+}
+
+// streamTimes are a stream's deadlines.
+type streamTimes struct {
+	keep   time.Time // the next keep-alive
+	expiry time.Time // the end of the client certificate
+	flush  time.Time // zero: nothing waits to be sent
+}
+
+func (t *streamTimes) next() time.Time {
+	n := earliest(t.keep, t.expiry)
+	if !t.flush.IsZero() {
+		n = earliest(n, t.flush)
+	}
+	return n
+}
+
+// onTimer does what is due: the coalesced flush, the certificate check, the keep-alive.
+//
+//go:noinline
+func (ms *mapStream) onTimer(t *streamTimes) error {
+	p := ms.p
+	now := time.Now()
+	if !t.flush.IsZero() && !now.Before(t.flush) {
+		t.flush = time.Time{}
+		if err := ms.flush(); err != nil {
+			return err
+		}
+		t.keep = time.Now().Add(p.deps.KeepAlive)
+	}
+	if !now.Before(t.expiry) {
+		// The certificate the stream was opened with ran out: it lives on only while the identity
+		// holds a renewed one.
+		until := p.reg.certValidUntil(ms.caller.ID.String())
+		if !now.Before(until) {
+			return unauthenticated("client certificate expired at %s and was not renewed", ms.caller.NotAfter.UTC().Format(time.RFC3339))
+		}
+		t.expiry = until
+	}
+	if !now.Before(t.keep) {
+		if err := ms.send(&nodev1.WatchNetworkMapResponse{Message: &nodev1.WatchNetworkMapResponse_KeepAlive{KeepAlive: &nodev1.KeepAlive{SendTime: timestamppb.Now()}}}); err != nil {
+			return err
+		}
+		t.keep = time.Now().Add(p.deps.KeepAlive)
+	}
+	return nil
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // flush sends what the queue holds: posted hole punches, then one merged delta or a snapshot.

@@ -27,6 +27,19 @@ type Listener struct {
 	TLS *tls.Config
 	// Handler serves the port.
 	Handler http.Handler
+	// HTTP2, when set with TLS, configures HTTP/2 and serves each HTTP/2 connection straight on it,
+	// without net/http's per-connection layer (see NodeHTTP2; the node port). Clients that do not
+	// negotiate h2 still get HTTP/1.1.
+	HTTP2 *http2.Server
+}
+
+// runner is one listener being served.
+type runner struct {
+	name     string
+	ln       net.Listener
+	serve    func() error
+	shutdown func(context.Context) error
+	close    func()
 }
 
 // Serve runs every listener until ctx is done, then shuts them down gracefully. It returns the first
@@ -36,16 +49,18 @@ func Serve(ctx context.Context, log *slog.Logger, listeners []Listener, ready fu
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	servers := make([]*http.Server, 0, len(listeners))
+	runners := make([]runner, 0, len(listeners))
 	bound := make(map[string]net.Addr, len(listeners))
-	lns := make([]net.Listener, 0, len(listeners))
+	fail := func(err error) error {
+		for _, r := range runners {
+			_ = r.ln.Close()
+		}
+		return err
+	}
 	for _, l := range listeners {
 		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {
-			for _, o := range lns {
-				_ = o.Close()
-			}
-			return fmt.Errorf("listen %s on %s: %w", l.Name, l.Addr, err)
+			return fail(fmt.Errorf("listen %s on %s: %w", l.Name, l.Addr, err))
 		}
 		srv := &http.Server{
 			Handler:           l.Handler,
@@ -53,27 +68,46 @@ func Serve(ctx context.Context, log *slog.Logger, listeners []Listener, ready fu
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 			BaseContext:       func(net.Listener) context.Context { return ctx },
 		}
-		if l.TLS != nil {
+		r := runner{name: l.Name, ln: ln}
+		switch {
+		case l.TLS != nil && l.HTTP2 != nil:
 			cfg := l.TLS.Clone()
-			cfg.NextProtos = []string{"h2", "http/1.1"}
+			cfg.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
 			srv.TLSConfig = cfg
-			if err := http2.ConfigureServer(srv, &http2.Server{}); err != nil {
-				return fmt.Errorf("configure http2 for %s: %w", l.Name, err)
+			d, err := newDirect(ctx, log, srv, cfg, l.HTTP2, ln.Addr())
+			if err != nil {
+				_ = ln.Close()
+				return fail(fmt.Errorf("configure http2 for %s: %w", l.Name, err))
 			}
-			ln = tls.NewListener(ln, cfg)
+			r.serve = func() error { return d.serve(ln) }
+			r.shutdown = func(ctx context.Context) error { return d.shutdown(ctx, ln) }
+			r.close = d.close
+		default:
+			if l.TLS != nil {
+				cfg := l.TLS.Clone()
+				cfg.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
+				srv.TLSConfig = cfg
+				if err := http2.ConfigureServer(srv, &http2.Server{}); err != nil {
+					_ = ln.Close()
+					return fail(fmt.Errorf("configure http2 for %s: %w", l.Name, err))
+				}
+				r.ln = tls.NewListener(ln, cfg)
+			}
+			sln := r.ln
+			r.serve = func() error { return srv.Serve(sln) }
+			r.shutdown = srv.Shutdown
+			r.close = func() { _ = srv.Close() }
 		}
-		servers = append(servers, srv)
-		lns = append(lns, ln)
+		runners = append(runners, r)
 		bound[l.Name] = ln.Addr()
 	}
 
-	errc := make(chan error, len(servers))
-	for i, srv := range servers {
-		name, ln := listeners[i].Name, lns[i]
-		log.Info("listening", "port", name, "addr", ln.Addr().String())
+	errc := make(chan error, len(runners))
+	for _, r := range runners {
+		log.Info("listening", "port", r.name, "addr", r.ln.Addr().String())
 		go func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("serve %s: %w", name, err)
+			if err := r.serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", r.name, err)
 				return
 			}
 			errc <- nil
@@ -91,10 +125,10 @@ func Serve(ctx context.Context, log *slog.Logger, listeners []Listener, ready fu
 	}
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stop()
-	for _, srv := range servers {
-		if err := srv.Shutdown(shutdownCtx); err != nil {
+	for _, r := range runners {
+		if err := r.shutdown(shutdownCtx); err != nil {
 			// Long-lived streams do not end by themselves: close what is left.
-			_ = srv.Close()
+			r.close()
 		}
 	}
 	return firstErr

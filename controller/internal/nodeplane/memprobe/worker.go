@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
+	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
+)
+
+// arming is what the worker currently waits for: a peer name to appear in every agent's map, or a
+// new stream after a controller restart.
+type arming struct {
+	seq       int64
+	name      string
+	reconnect bool
+	want      int
+	got       atomic.Int64
+	refused   atomic.Int64
+	mu        sync.Mutex
+	recv      []int64
+	bytes     int64
+	done      chan struct{}
+	doneOnce  sync.Once
+}
+
+func (a *arming) record(at int64, size int) {
+	a.mu.Lock()
+	a.recv = append(a.recv, at)
+	a.bytes += int64(size)
+	a.mu.Unlock()
+	if a.got.Add(1) == int64(a.want) {
+		a.doneOnce.Do(func() { close(a.done) })
+	}
+}
+
+type simAgent struct {
+	w       *worker
+	cred    agentCred
+	ctl     nodev1.ControlServiceClient
+	session string
+	st      netmapstate.State
+	streams int64
+	seen    int64 // seq of the last arming recorded
+	ready   bool
+}
+
+type worker struct {
+	out    *json.Encoder
+	outMu  sync.Mutex
+	armed  atomic.Pointer[arming]
+	ready  atomic.Int64
+	n      int
+	readyC chan struct{}
+}
+
+func (w *worker) emit(ev event) {
+	w.outMu.Lock()
+	defer w.outMu.Unlock()
+	_ = w.out.Encode(ev)
+}
+
+func runWorker(file string) error {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	var in workerInput
+	if err := json.Unmarshal(b, &in); err != nil {
+		return err
+	}
+	rootDER, _ := base64.StdEncoding.DecodeString(in.Root)
+	root, err := x509.ParseCertificate(rootDER)
+	if err != nil {
+		return fmt.Errorf("root: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(root)
+	w := &worker{out: json.NewEncoder(os.Stdout), n: len(in.Agents), readyC: make(chan struct{})}
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(in.Source)}, Timeout: 10 * time.Second}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, c := range in.Agents {
+		kder, _ := base64.StdEncoding.DecodeString(c.Key)
+		key, err := x509.ParsePKCS8PrivateKey(kder)
+		if err != nil {
+			return err
+		}
+		var chain [][]byte
+		for _, s := range c.Chain {
+			d, _ := base64.StdEncoding.DecodeString(s)
+			chain = append(chain, d)
+		}
+		leaf, _ := x509.ParseCertificate(chain[0])
+		cert := &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+		tc := &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }}
+		cc, err := grpc.NewClient("passthrough:///"+in.Target,
+			grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }),
+			grpc.WithWriteBufferSize(8<<10), grpc.WithReadBufferSize(8<<10),
+			// grpc's own reconnect backoff (default 1 s growing to 120 s) would dominate the
+			// restart measurement; agents should reconnect as fast as the controller admits them.
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}, MinConnectTimeout: 5 * time.Second}),
+		)
+		if err != nil {
+			return err
+		}
+		sid := make([]byte, 8)
+		_, _ = rand.Read(sid)
+		a := &simAgent{w: w, cred: c, ctl: nodev1.NewControlServiceClient(cc), session: hex.EncodeToString(sid)}
+		wg.Add(1)
+		// Agents start spread out (200 µs apart), as machines booting would.
+		delay := time.Duration(i) * 200 * time.Microsecond
+		go func() {
+			defer wg.Done()
+			defer cc.Close()
+			a.run(ctx, delay)
+		}()
+	}
+	go func() {
+		<-w.readyC
+		w.emit(event{Type: "ready"})
+	}()
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var c command
+		if json.Unmarshal(sc.Bytes(), &c) != nil {
+			continue
+		}
+		switch c.Cmd {
+		case "quit":
+			cancel()
+			wg.Wait()
+			return nil
+		case "arm", "arm-reconnect":
+			prev := w.armed.Load()
+			ar := &arming{seq: 1, name: c.Name, reconnect: c.Cmd == "arm-reconnect", want: w.n, done: make(chan struct{})}
+			if prev != nil {
+				ar.seq = prev.seq + 1
+			}
+			w.armed.Store(ar)
+			w.emit(event{Type: "armed"})
+			go func() {
+				typ := "result"
+				if ar.reconnect {
+					typ = "reconnected"
+				}
+				select {
+				case <-ar.done:
+				case <-time.After(3 * time.Minute):
+				}
+				ar.mu.Lock()
+				ev := event{Type: typ, Name: ar.name, Recv: append([]int64(nil), ar.recv...), Bytes: ar.bytes, Refused: int(ar.refused.Load()), Missing: ar.want - len(ar.recv)}
+				ar.mu.Unlock()
+				w.emit(ev)
+			}()
+		}
+	}
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+func jitter(d time.Duration) time.Duration {
+	n, _ := rand.Int(rand.Reader, big.NewInt(int64(d/2)+1))
+	return d/2 + time.Duration(n.Int64())
+}
+
+// run keeps one agent's stream up like cvlan-agent does: resume from the held version, jittered
+// exponential backoff, the controller's retry-after-ms honoured, every version acknowledged.
+func (a *simAgent) run(ctx context.Context, delay time.Duration) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(delay):
+	}
+	backoff := 500 * time.Millisecond
+	for ctx.Err() == nil {
+		wait, progressed := a.once(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			backoff = 500 * time.Millisecond
+		}
+		d := jitter(backoff)
+		if wait > 0 {
+			d = wait + jitter(500*time.Millisecond)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func (a *simAgent) once(ctx context.Context) (retryAfter time.Duration, progressed bool) {
+	var trailer metadata.MD
+	s, err := a.ctl.WatchNetworkMap(ctx, &nodev1.WatchNetworkMapRequest{KnownVersion: a.st.Version(), SessionId: a.session}, grpc.Trailer(&trailer), grpc.WaitForReady(true))
+	if err != nil {
+		return 0, false
+	}
+	a.streams++
+	first := true
+	for {
+		m, err := s.Recv()
+		if err != nil {
+			if status.Code(err) == codes.ResourceExhausted {
+				if ar := a.w.armed.Load(); ar != nil && ar.reconnect {
+					ar.refused.Add(1)
+				}
+				if v := trailer.Get("retry-after-ms"); len(v) > 0 {
+					if ms, perr := strconv.Atoi(v[0]); perr == nil {
+						retryAfter = time.Duration(ms) * time.Millisecond
+					}
+				}
+			}
+			return retryAfter, progressed
+		}
+		now := time.Now().UnixNano()
+		progressed = true
+		size := proto.Size(m) + 5
+		switch {
+		case m.GetSnapshot() != nil:
+			a.st.ApplySnapshot(m.GetSnapshot())
+		case m.GetDelta() != nil:
+			if err := a.st.ApplyDelta(m.GetDelta()); err != nil {
+				return 0, progressed
+			}
+		default:
+			continue
+		}
+		if !a.ready {
+			a.ready = true
+			if a.w.ready.Add(1) == int64(a.w.n) {
+				close(a.w.readyC)
+			}
+		}
+		if ar := a.w.armed.Load(); ar != nil && a.seen < ar.seq {
+			hit := false
+			if ar.reconnect {
+				hit = first
+			} else {
+				hit = hasPeerNamed(m, ar.name)
+			}
+			if hit {
+				a.seen = ar.seq
+				ar.record(now, size)
+			}
+		}
+		first = false
+		_, _ = a.ctl.AckNetworkMap(ctx, &nodev1.AckNetworkMapRequest{Version: a.st.Version(), StateHash: a.st.Hash()})
+	}
+}
+
+func hasPeerNamed(m *nodev1.WatchNetworkMapResponse, name string) bool {
+	peers := m.GetDelta().GetPeersUpserted()
+	if s := m.GetSnapshot(); s != nil {
+		peers = s.GetPeers()
+	}
+	for _, p := range peers {
+		if p.GetName() == name {
+			return true
+		}
+	}
+	return false
+}

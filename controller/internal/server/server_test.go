@@ -1,0 +1,152 @@
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
+
+// TestDirectHTTP2 serves a listener the way the node port is served (HTTP2 set): HTTP/2 clients
+// are served on the HTTP/2 server directly, HTTP/1.1 clients still get an answer, a stream that
+// never ends is cut at shutdown and Serve returns nil.
+func TestDirectHTTP2(t *testing.T) {
+	cert, pool := selfSigned(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	streaming := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/proto", func(w http.ResponseWriter, r *http.Request) {
+		tlsOK := "no-tls"
+		if r.TLS != nil && r.TLS.HandshakeComplete {
+			tlsOK = "tls"
+		}
+		_, _ = io.WriteString(w, r.Proto+" "+tlsOK)
+	})
+	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "open")
+		w.(http.Flusher).Flush()
+		close(streaming)
+		<-r.Context().Done()
+	})
+	addrs := make(chan map[string]net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, slog.New(slog.DiscardHandler), []Listener{{
+			Name: "node", Addr: "127.0.0.1:0", Handler: mux, HTTP2: NodeHTTP2(),
+			TLS: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}},
+		}}, func(m map[string]net.Addr) { addrs <- m })
+	}()
+	_, port, err := net.SplitHostPort((<-addrs)["node"].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "https://localhost:" + port
+
+	tests := []struct {
+		name string
+		tr   http.RoundTripper
+		want string
+	}{
+		{"http2", &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, "HTTP/2.0 tls"},
+		{"http1", &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DialContext: dialLocal}, "HTTP/1.1 tls"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tr, ok := tc.tr.(*http2.Transport); ok {
+				tr.DialTLSContext = func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+					c, err := dialLocal(ctx, network, addr)
+					if err != nil {
+						return nil, err
+					}
+					tc := tls.Client(c, cfg)
+					return tc, tc.HandshakeContext(ctx)
+				}
+			}
+			resp, err := (&http.Client{Transport: tc.tr, Timeout: 30 * time.Second}).Get(base + "/proto")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if string(b) != tc.want {
+				t.Fatalf("got %q, want %q", b, tc.want)
+			}
+		})
+	}
+
+	// A plain TCP client that never completes the handshake must not keep Serve from returning.
+	idle, err := dialLocal(ctx, "tcp", "localhost:"+port)
+	if err == nil {
+		defer idle.Close()
+	}
+
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+		c, err := dialLocal(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		tc := tls.Client(c, cfg)
+		return tc, tc.HandshakeContext(ctx)
+	}}
+	resp, err := (&http.Client{Transport: tr}).Get(base + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	<-streaming
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Serve did not return after shutdown")
+	}
+	// The stream ends (its request context is done): reading the body returns.
+	if b, _ := io.ReadAll(resp.Body); string(b) != "open" {
+		t.Fatalf("stream body %q, want %q", b, "open")
+	}
+}
+
+func dialLocal(ctx context.Context, network, addr string) (net.Conn, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
+}

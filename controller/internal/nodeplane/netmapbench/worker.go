@@ -145,6 +145,12 @@ func runWorker(file string) error {
 		<-w.readyC
 		w.emit(event{Type: "ready"})
 	}()
+	go func() {
+		for ctx.Err() == nil {
+			time.Sleep(2 * time.Second)
+			w.emit(event{Type: "progress", Count: int(w.ready.Load())})
+		}
+	}()
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		var c command
@@ -169,9 +175,13 @@ func runWorker(file string) error {
 				if ar.reconnect {
 					typ = "reconnected"
 				}
+				within := 3 * time.Minute
+				if c.Within > 0 {
+					within = time.Duration(c.Within)
+				}
 				select {
 				case <-ar.done:
-				case <-time.After(3 * time.Minute):
+				case <-time.After(within):
 				}
 				ar.mu.Lock()
 				ev := event{Type: typ, Name: ar.name, Recv: append([]int64(nil), ar.recv...), Bytes: ar.bytes, Refused: int(ar.refused.Load()), Missing: ar.want - len(ar.recv)}

@@ -86,7 +86,7 @@ func (w *worker) emit(ev event) {
 func runWorker(file string) error {
 	// The agents' side is not what is measured: trade the worker's CPU for memory, so that more
 	// simulated agents fit in the machine next to the controller replicas.
-	debug.SetGCPercent(40)
+	debug.SetGCPercent(60)
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -103,7 +103,7 @@ func runWorker(file string) error {
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
 	w := &worker{out: json.NewEncoder(os.Stdout), n: len(in.Agents), readyC: make(chan struct{})}
-	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(in.Source)}, Timeout: 10 * time.Second}
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(in.Source)}, Timeout: 30 * time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
@@ -128,7 +128,10 @@ func runWorker(file string) error {
 			grpc.WithWriteBufferSize(8<<10), grpc.WithReadBufferSize(8<<10), grpc.WithSharedWriteBuffer(true),
 			// grpc's own reconnect backoff (default 1 s growing to 120 s) would dominate the
 			// restart measurement; agents should reconnect as fast as the controller admits them.
-			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}, MinConnectTimeout: 5 * time.Second}),
+			// A connection attempt gets 30 s: on two loaded cores a TLS handshake in a storm of
+			// thousands can take seconds, and abandoning it at 5 s wastes the work done so far
+			// (the connect storm collapsed into retries that way at 10,000 agents, load 20+).
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}, MinConnectTimeout: 30 * time.Second}),
 		)
 		if err != nil {
 			return err

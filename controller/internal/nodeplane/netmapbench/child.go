@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -67,6 +68,8 @@ func startChild(ctx context.Context, mode, file string, n int) (*child, error) {
 		return nil, err
 	}
 	cmd.Stderr = os.Stderr
+	// If the bench dies (timeout), its replicas and workers go with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s %s: %w", mode, file, err)
 	}

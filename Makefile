@@ -112,7 +112,7 @@ bench-api:
 ## bench-netmap: the network-map engine (in memory) and the streaming fan-out over real mTLS gRPC:
 ## 1,000 and 10,000 agents on one in-process replica (SQLite), then 20,000 agents over 2 controller
 ## replica processes on one throw-away PostgreSQL. 20,000 is the largest N that runs here in reasonable
-## time (about 10 minutes on 2 loaded cores); 50,000 (-replicas 4) fits in memory but its TLS connect
+## time (about 20 minutes on 2 loaded cores); 50,000 (-replicas 4) fits in memory but its TLS connect
 ## and restart storms take much longer, and 100,000 does not fit in 24 GiB (the bench says so and why).
 bench-netmap:
 	cd controller && $(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./internal/netmap

@@ -1,35 +1,37 @@
 // Command netmapbench measures the node plane at scale: N simulated agents, each a real gRPC
-// WatchNetworkMap stream over real mTLS with its own certificate, against one controller node plane
-// (SQLite store, embedded CA) in this process. The agents run in worker processes (this binary with
-// -worker), up to -per-worker each, every worker dialling from its own loopback source address
-// (127.0.0.x), so that no process holds more than about 19,000 sockets.
+// WatchNetworkMap stream over real mTLS with its own certificate and its own TCP connection.
 //
-// For each N it prints: the time for one node join to reach all N agents (p50, p99), the bytes of
-// that change in total and per agent, controller memory per connected agent, idle controller CPU,
-// the time for all N to reconnect after a controller restart, and the same join sent as full maps.
+// Two modes. The default (-store sqlite) runs one controller node plane (SQLite store, embedded
+// CA) in this process. With -store postgres the controller runs as -replicas R processes of this
+// binary (-replica FILE), all on one throw-away PostgreSQL cluster on loopback, each with its own
+// node-port listener on 127.0.1.x: the production design, and the way past the 20,000 open files
+// one process may hold here. In both modes the agents run in worker processes (this binary with
+// -worker FILE), spread evenly over the replicas, every worker dialling from its own loopback
+// source address (127.0.0.x), so that no process holds more than about 19,000 sockets and no
+// source address runs out of ephemeral ports.
+//
+// For each N it prints: the time for one node join to reach all N agents (p50, p99; the join is
+// committed through replica 0's store and timed at the agents of every replica), the bytes of that
+// change in total and per agent, controller memory per connected agent (HeapInuse+StackInuse over
+// each replica's own baseline, summed over replicas, / N), idle controller CPU (summed over
+// replicas), the time for all N to reconnect after every replica restarts, and the same join sent
+// as full maps.
 //
 //	go run ./controller/internal/nodeplane/netmapbench -n 1000,10000
+//	go run ./controller/internal/nodeplane/netmapbench -store postgres -replicas 4 -n 50000
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -43,34 +45,73 @@ import (
 
 	"golang.org/x/net/http2"
 
-	"github.com/cloudvlan/cloudvlan/controller/identity"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
-	"github.com/cloudvlan/cloudvlan/controller/internal/store/sqlite"
 )
 
 var memProfile string
 
+// options are the flags of a bench run.
+type options struct {
+	store                        string
+	replicas, perWorker, servers int
+	idle                         time.Duration
+	force                        bool
+}
+
 func main() {
 	var (
-		worker    = flag.String("worker", "", "internal: run as an agent worker with this input file")
-		ns        = flag.String("n", "1000,10000", "comma-separated agent counts")
-		perWorker = flag.Int("per-worker", 5000, "agents per worker process")
-		servers   = flag.Int("servers", 20, "server nodes every agent may reach (hub and spoke policy)")
-		idle      = flag.Duration("idle", 10*time.Second, "idle CPU measurement window")
-		timeout   = flag.Duration("timeout", 20*time.Minute, "bound on the whole run")
+		worker  = flag.String("worker", "", "internal: run as an agent worker with this input file")
+		replica = flag.String("replica", "", "internal: run as a controller replica with this input file")
+		ns      = flag.String("n", "1000,10000", "comma-separated agent counts")
+		timeout = flag.Duration("timeout", 90*time.Minute, "bound on the whole run")
+		o       options
 	)
-	cpuProfile := flag.String("cpuprofile", "", "write the controller process's CPU profile to this file")
-	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file")
+	flag.StringVar(&o.store, "store", "sqlite", "sqlite (one controller replica in this process) or postgres (-replicas processes on one PostgreSQL)")
+	flag.IntVar(&o.replicas, "replicas", 1, "controller replica processes (with -store postgres)")
+	flag.IntVar(&o.perWorker, "per-worker", 5000, "at most this many agents per worker process")
+	flag.IntVar(&o.servers, "servers", 20, "server nodes every agent may reach (hub and spoke policy)")
+	flag.DurationVar(&o.idle, "idle", 10*time.Second, "idle CPU measurement window")
+	flag.BoolVar(&o.force, "force", false, "run even if the memory estimate says N does not fit")
+	cpuProfile := flag.String("cpuprofile", "", "write the controller process's CPU profile to this file (-store sqlite)")
+	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file (.replicaI per replica)")
 	flag.Parse()
-	if *worker != "" {
+	switch {
+	case *worker != "":
 		if err := runWorker(*worker); err != nil {
 			fmt.Fprintln(os.Stderr, "worker:", err)
 			os.Exit(1)
 		}
 		return
+	case *replica != "":
+		if err := runReplica(*replica); err != nil {
+			fmt.Fprintln(os.Stderr, "replica:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if o.store != "sqlite" && o.store != "postgres" {
+		fmt.Fprintln(os.Stderr, "-store must be sqlite or postgres")
+		os.Exit(2)
+	}
+	if o.replicas < 1 || o.perWorker < 1 {
+		fmt.Fprintln(os.Stderr, "-replicas and -per-worker must be at least 1")
+		os.Exit(2)
+	}
+	var counts []int
+	for _, f := range strings.Split(*ns, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			fmt.Fprintln(os.Stderr, "bad -n:", f)
+			os.Exit(2)
+		}
+		if err := makePlan(n, o.replicas, o.perWorker).check(o.store, o.force); err != nil {
+			fmt.Fprintln(os.Stderr, "netmapbench:", err)
+			os.Exit(2)
+		}
+		counts = append(counts, n)
 	}
 	if *cpuProfile != "" {
 		if f, err := os.Create(*cpuProfile); err == nil {
@@ -80,24 +121,35 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go server, grpc-go agents) over loopback TCP\n", runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	for _, f := range strings.Split(*ns, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			fmt.Fprintln(os.Stderr, "bad -n:", f)
-			os.Exit(2)
-		}
-		r, err := runN(ctx, n, *perWorker, *servers, *idle)
+	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go server, grpc-go agents) over loopback TCP, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), loadAvg())
+	var results []*result
+	for _, n := range counts {
+		r, err := runN(ctx, n, o)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "N=%d: %v\n", n, err)
+			if ctx.Err() != nil {
+				fmt.Fprintf(os.Stderr, "the run hit -timeout %s\n", *timeout)
+			}
 			os.Exit(1)
 		}
 		r.print()
+		results = append(results, r)
 	}
+	printTable(results)
+}
+
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
 
 type result struct {
-	n, workers, servers                     int
+	n, workers, servers, replicas           int
+	mode                                    string
+	perReplica                              []int
 	setup, connect                          time.Duration
 	heapPerAgent, rssPerAgent               float64
 	idleCPU                                 float64
@@ -108,18 +160,43 @@ type result struct {
 	fullP50, fullP99, fullMax               time.Duration
 	fullBytes                               int64
 	controllerGoroutines, controllerSockets int
+	load                                    string
 }
 
 func (r *result) print() {
-	fmt.Printf("\n=== N = %d agents (%d worker processes, %d server nodes; real sockets, one controller replica, SQLite) ===\n", r.n, r.workers, r.servers)
+	fmt.Printf("\n=== N = %d agents (%d worker processes, %d server nodes; real sockets, %s) ===\n", r.n, r.workers, r.servers, r.mode)
 	fmt.Printf("setup (nodes, certificates) %s; all N connected with a snapshot in %s\n", r.setup.Round(time.Millisecond), r.connect.Round(time.Millisecond))
 	fmt.Printf("join -> all N (delta):      p50 %s  p99 %s  max %s\n", r.joinP50.Round(time.Millisecond), r.joinP99.Round(time.Millisecond), r.joinMax.Round(time.Millisecond))
 	fmt.Printf("bytes of that change:       %d total, %.0f per agent (protobuf + 5-byte gRPC frame prefix)\n", r.joinBytes, float64(r.joinBytes)/float64(r.n))
 	fmt.Printf("join -> all N (full maps):  p50 %s  p99 %s  max %s\n", r.fullP50.Round(time.Millisecond), r.fullP99.Round(time.Millisecond), r.fullMax.Round(time.Millisecond))
 	fmt.Printf("bytes with full maps:       %d total, %.0f per agent (%.1fx the delta)\n", r.fullBytes, float64(r.fullBytes)/float64(r.n), float64(r.fullBytes)/float64(max(r.joinBytes, 1)))
-	fmt.Printf("controller memory:          %.1f KiB heap+stacks per connected agent, %.1f KiB RSS per agent (%d goroutines, %d sockets)\n", r.heapPerAgent/1024, r.rssPerAgent/1024, r.controllerGoroutines, r.controllerSockets)
-	fmt.Printf("idle controller CPU:        %.2f%% of one core with N streams open\n", r.idleCPU*100)
-	fmt.Printf("restart -> all N resynced:  %s (%d connection attempts shed with ResourceExhausted + retry-after-ms)\n", r.reconnect.Round(time.Millisecond), r.refused)
+	fmt.Printf("controller memory:          %.1f KiB heap+stacks per connected agent, %.1f KiB RSS per agent (%d goroutines, %d sockets", r.heapPerAgent/1024, r.rssPerAgent/1024, r.controllerGoroutines, r.controllerSockets)
+	if r.replicas > 1 {
+		fmt.Printf(", summed over %d replicas; streams per replica %v", r.replicas, r.perReplica)
+	}
+	fmt.Printf(")\n")
+	fmt.Printf("idle controller CPU:        %.2f%% of one core with N streams open", r.idleCPU*100)
+	if r.replicas > 1 {
+		fmt.Printf(" (summed over replicas)")
+	}
+	fmt.Printf("\n")
+	what := "controller restart"
+	if r.replicas > 1 {
+		what = fmt.Sprintf("all %d replicas restart", r.replicas)
+	}
+	fmt.Printf("restart -> all N resynced:  %s (%s; %d connection attempts shed with ResourceExhausted + retry-after-ms)\n", r.reconnect.Round(time.Millisecond), what, r.refused)
+}
+
+// printTable prints the results as the Markdown rows of docs/benchmarks.md.
+func printTable(rs []*result) {
+	fmt.Printf("\n| N agents | mode | one join reaches all: p50 / p99 / max | delta bytes total / per agent | full maps instead: bytes per agent, p99 | controller memory per agent | idle CPU | all resynced after restart | load |\n|---|---|---|---|---|---|---|---|---|\n")
+	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	for _, r := range rs {
+		fmt.Printf("| %d | %s | %s / %s / %s | %.2f MB / %.0f B | %.0f B (%.1fx), %s | %.1f KiB heap+stacks | %.2f %% | %s (%d shed) | %s |\n",
+			r.n, r.mode, ms(r.joinP50), ms(r.joinP99), ms(r.joinMax), float64(r.joinBytes)/1e6, float64(r.joinBytes)/float64(r.n),
+			float64(r.fullBytes)/float64(r.n), float64(r.fullBytes)/float64(max(r.joinBytes, 1)), ms(r.fullP99),
+			r.heapPerAgent/1024, r.idleCPU*100, ms(r.reconnect), r.refused, r.load)
+	}
 }
 
 // --- controller side ---
@@ -197,83 +274,6 @@ func randKey() string {
 	return base64.StdEncoding.EncodeToString(b[:])
 }
 
-// setup creates a tenant, a cvlan, a hub-and-spoke policy, the server nodes and n client nodes with
-// their certificates.
-func setup(ctx context.Context, st store.Store, ca pki.Authority, n, servers int) (tenant, cvlan string, creds []agentCred, err error) {
-	ten := &domain.Tenant{Name: "bench"}
-	if err = st.Tx(ctx, store.AllTenants(), func(tx store.Tx) error { return tx.CreateTenant(ctx, ten) }); err != nil {
-		return
-	}
-	cv := &domain.Cvlan{TenantID: ten.ID, Name: "lan", DNSDomain: "bench.test"}
-	err = st.Tx(ctx, store.TenantScope(ten.ID), func(tx store.Tx) error {
-		if err := tx.CreateCvlan(ctx, cv); err != nil {
-			return err
-		}
-		return tx.CreatePolicy(ctx, &domain.Policy{TenantID: ten.ID, Name: "clients-to-servers", Enabled: true, Rules: []domain.PolicyRule{{
-			Action: domain.ActionAllow, Sources: []domain.PolicyTarget{{Tag: "client"}}, Destinations: []domain.PolicyTarget{{Tag: "server"}}, Protocol: domain.ProtocolAny,
-		}}})
-	})
-	if err != nil {
-		return
-	}
-	for i := 0; i < servers; i++ {
-		if err = createNode(ctx, st, ten.ID, cv.ID, fmt.Sprintf("server-%d", i), "server", nil); err != nil {
-			return
-		}
-	}
-	ids := make([]string, 0, n)
-	for start := 0; start < n; start += 1000 {
-		err = st.Tx(ctx, store.TenantScope(ten.ID), func(tx store.Tx) error {
-			for i := start; i < min(start+1000, n); i++ {
-				nd := &domain.Node{TenantID: ten.ID, CvlanID: cv.ID, Name: fmt.Sprintf("client-%d", i), Kind: domain.NodeKindNode,
-					WireGuardPublicKey: randKey(), Tags: []string{"client"}, Status: domain.NodePending}
-				if err := tx.CreateNode(ctx, nd); err != nil {
-					return err
-				}
-				ids = append(ids, nd.ID)
-			}
-			return nil
-		})
-		if err != nil {
-			return
-		}
-	}
-	creds = make([]agentCred, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, runtime.NumCPU())
-	for w := 0; w < runtime.NumCPU(); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w; i < n; i += runtime.NumCPU() {
-				key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-				der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-				csr, _ := x509.ParseCertificateRequest(der)
-				var wg [32]byte
-				_, _ = rand.Read(wg[:])
-				chain, err := ca.Sign(ctx, pki.SignRequest{CSR: csr, ID: identity.ID{TenantID: ten.ID, Kind: identity.KindNode, ResourceID: ids[i]}, WGKey: wg[:]})
-				if err != nil {
-					errs <- err
-					return
-				}
-				kder, _ := x509.MarshalPKCS8PrivateKey(key)
-				c := agentCred{NodeID: ids[i], Key: base64.StdEncoding.EncodeToString(kder)}
-				for _, d := range chain.DER() {
-					c.Chain = append(c.Chain, base64.StdEncoding.EncodeToString(d))
-				}
-				creds[i] = c
-			}
-		}()
-	}
-	wg.Wait()
-	select {
-	case err = <-errs:
-		return
-	default:
-	}
-	return ten.ID, cv.ID, creds, nil
-}
-
 func createNode(ctx context.Context, st store.Store, tenant, cvlan, name, tag string, id *string) error {
 	return st.Tx(ctx, store.TenantScope(tenant), func(tx store.Tx) error {
 		nd := &domain.Node{TenantID: tenant, CvlanID: cvlan, Name: name, Kind: domain.NodeKindNode, WireGuardPublicKey: randKey(), Tags: []string{tag}, Status: domain.NodePending}
@@ -285,83 +285,6 @@ func createNode(ctx context.Context, st store.Store, tenant, cvlan, name, tag st
 		}
 		return nil
 	})
-}
-
-// workerProc is one agent worker process.
-type workerProc struct {
-	cmd    *exec.Cmd
-	in     io.WriteCloser
-	events chan event
-	n      int
-}
-
-type event struct {
-	Type    string  `json:"type"`
-	Name    string  `json:"name,omitempty"`
-	Recv    []int64 `json:"recv,omitempty"`
-	Bytes   int64   `json:"bytes,omitempty"`
-	Refused int     `json:"refused,omitempty"`
-	Missing int     `json:"missing,omitempty"`
-	Err     string  `json:"err,omitempty"`
-}
-
-type command struct {
-	Cmd  string `json:"cmd"`
-	Name string `json:"name,omitempty"`
-}
-
-func (w *workerProc) send(c command) error {
-	b, _ := json.Marshal(c)
-	_, err := w.in.Write(append(b, '\n'))
-	return err
-}
-
-func (w *workerProc) wait(ctx context.Context, typ string) (event, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return event{}, fmt.Errorf("waiting for %s: %w", typ, ctx.Err())
-		case ev, ok := <-w.events:
-			if !ok {
-				return event{}, fmt.Errorf("worker exited while waiting for %s", typ)
-			}
-			if ev.Type == "error" {
-				return ev, errors.New(ev.Err)
-			}
-			if ev.Type == typ {
-				return ev, nil
-			}
-		}
-	}
-}
-
-func startWorker(ctx context.Context, file string, n int) (*workerProc, error) {
-	cmd := exec.CommandContext(ctx, os.Args[0], "-worker", file)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	w := &workerProc{cmd: cmd, in: in, events: make(chan event, 16), n: n}
-	go func() {
-		defer close(w.events)
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 1<<20), 64<<20)
-		for sc.Scan() {
-			var ev event
-			if json.Unmarshal(sc.Bytes(), &ev) == nil {
-				w.events <- ev
-			}
-		}
-	}()
-	return w, nil
 }
 
 func cpuTime() time.Duration {
@@ -410,181 +333,6 @@ func percentiles(lat []time.Duration) (p50, p99, maxd time.Duration) {
 	}
 	slices.Sort(lat)
 	return lat[len(lat)/2], lat[min(len(lat)-1, len(lat)*99/100)], lat[len(lat)-1]
-}
-
-// measureJoin arms every worker for a node name, commits that node's join and collects when each
-// agent saw it.
-func measureJoin(ctx context.Context, ws []*workerProc, st store.Store, tenant, cvlan, name string) (p50, p99, mx time.Duration, bytes int64, err error) {
-	for _, w := range ws {
-		if err = w.send(command{Cmd: "arm", Name: name}); err != nil {
-			return
-		}
-		if _, err = w.wait(ctx, "armed"); err != nil {
-			return
-		}
-	}
-	t0 := time.Now()
-	if err = createNode(ctx, st, tenant, cvlan, name, "server", nil); err != nil {
-		return
-	}
-	var lat []time.Duration
-	for _, w := range ws {
-		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		ev, werr := w.wait(wctx, "result")
-		cancel()
-		if werr != nil {
-			return 0, 0, 0, 0, werr
-		}
-		if ev.Missing > 0 {
-			return 0, 0, 0, 0, fmt.Errorf("%d agents of a worker never saw %s", ev.Missing, name)
-		}
-		for _, r := range ev.Recv {
-			lat = append(lat, time.Unix(0, r).Sub(t0))
-		}
-		bytes += ev.Bytes
-	}
-	p50, p99, mx = percentiles(lat)
-	return p50, p99, mx, bytes, nil
-}
-
-func runN(ctx context.Context, n, perWorker, servers int, idle time.Duration) (*result, error) {
-	r := &result{n: n, servers: servers}
-	dir, err := os.MkdirTemp("", "netmapbench")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(dir)
-	st, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(dir, "cv.db"), Logger: quiet()})
-	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	ca, err := pki.NewEmbedded(ctx, dir, pki.WithLogger(quiet()))
-	if err != nil {
-		return nil, err
-	}
-	defer ca.Close()
-	t := time.Now()
-	tenant, cvlan, creds, err := setup(ctx, st, ca, n, servers)
-	if err != nil {
-		return nil, fmt.Errorf("setup: %w", err)
-	}
-	r.setup = time.Since(t)
-
-	c, err := startController(ctx, st, ca, "127.0.0.1:0", false)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { c.close() }()
-	baseHeap, baseRSS := heap(), rss()
-
-	var ws []*workerProc
-	defer func() {
-		for _, w := range ws {
-			_ = w.send(command{Cmd: "quit"})
-			_ = w.in.Close()
-			_ = w.cmd.Wait()
-		}
-	}()
-	root := base64.StdEncoding.EncodeToString(rootDER(ca))
-	t = time.Now()
-	for i := 0; i*perWorker < n; i++ {
-		chunk := creds[i*perWorker : min(n, (i+1)*perWorker)]
-		in := workerInput{Target: c.addr, Source: fmt.Sprintf("127.0.0.%d", 10+i), Root: root, Agents: chunk}
-		b, _ := json.Marshal(in)
-		file := filepath.Join(dir, fmt.Sprintf("worker-%d.json", i))
-		if err := os.WriteFile(file, b, 0o600); err != nil {
-			return nil, err
-		}
-		w, err := startWorker(ctx, file, len(chunk))
-		if err != nil {
-			return nil, err
-		}
-		ws = append(ws, w)
-	}
-	r.workers = len(ws)
-	progress := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case <-progress:
-				return
-			case <-time.After(5 * time.Second):
-				fmt.Fprintf(os.Stderr, "  ... %s: %d streams open\n", time.Since(t).Round(time.Second), c.plane.Streams())
-			}
-		}
-	}()
-	defer close(progress)
-	for _, w := range ws {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		_, err := w.wait(wctx, "ready")
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("connect: %w", err)
-		}
-	}
-	r.connect = time.Since(t)
-
-	// Let the connection storm's status writes and acks settle before measuring steady state.
-	time.Sleep(5*time.Second + time.Duration(n/1000)*time.Second)
-	r.heapPerAgent = float64(heap()-baseHeap) / float64(n)
-	r.rssPerAgent = float64(rss()-baseRSS) / float64(n)
-	r.controllerGoroutines, r.controllerSockets = runtime.NumGoroutine(), sockets()
-	if memProfile != "" {
-		if f, err := os.Create(memProfile); err == nil {
-			_ = pprof.WriteHeapProfile(f)
-			_ = f.Close()
-		}
-	}
-	cpu0, t0 := cpuTime(), time.Now()
-	time.Sleep(idle)
-	r.idleCPU = float64(cpuTime()-cpu0) / float64(time.Since(t0))
-
-	if r.joinP50, r.joinP99, r.joinMax, r.joinBytes, err = measureJoin(ctx, ws, st, tenant, cvlan, "joiner-delta"); err != nil {
-		return nil, fmt.Errorf("join: %w", err)
-	}
-	time.Sleep(3*time.Second + time.Duration(n/1000)*time.Second)
-
-	// Restart: the plane and its listener go away; a new one loads the store and the agents come
-	// back with jittered backoff, resuming or resyncing.
-	for _, w := range ws {
-		if err := w.send(command{Cmd: "arm-reconnect"}); err != nil {
-			return nil, err
-		}
-		if _, err := w.wait(ctx, "armed"); err != nil {
-			return nil, err
-		}
-	}
-	addr := c.addr
-	c.close()
-	t = time.Now()
-	c, err = startController(ctx, st, ca, addr, true)
-	if err != nil {
-		return nil, fmt.Errorf("restart: %w", err)
-	}
-	var last time.Time
-	for _, w := range ws {
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		ev, err := w.wait(wctx, "reconnected")
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("reconnect: %w", err)
-		}
-		r.refused += ev.Refused
-		for _, x := range ev.Recv {
-			if tt := time.Unix(0, x); tt.After(last) {
-				last = tt
-			}
-		}
-	}
-	r.reconnect = last.Sub(t)
-	time.Sleep(3*time.Second + time.Duration(n/1000)*time.Second)
-
-	// The restarted plane sends full maps: the same kind of join for comparison.
-	if r.fullP50, r.fullP99, r.fullMax, r.fullBytes, err = measureJoin(ctx, ws, st, tenant, cvlan, "joiner-full"); err != nil {
-		return nil, fmt.Errorf("full-map join: %w", err)
-	}
-	return r, nil
 }
 
 func rootDER(ca pki.Authority) []byte {

@@ -27,9 +27,10 @@ type conn struct {
 	tls     *tls.ConnectionState
 	remote  string
 	handler http.Handler
-	ctx     context.Context
-	cancel  context.CancelCauseFunc
-	fr      *http2.Framer
+	// base is the context requests derive from. The connection has no context of its own (one per
+	// connection would be kept for hours): close cancels its streams one by one.
+	base context.Context
+	fr   *http2.Framer
 	out     switchWriter // the framer's writer: a pooled buffer during a write, else nothing
 	wg      sync.WaitGroup
 
@@ -58,7 +59,7 @@ func newConn(ctx context.Context, s *Server, tc *tls.Conn, h http.Handler) *conn
 	}
 	cs := tc.ConnectionState()
 	c.tls = &cs
-	c.ctx, c.cancel = context.WithCancelCause(ctx)
+	c.base = ctx
 	c.fr = http2.NewFramer(&c.out, tc)
 	c.fr.SetMaxReadFrameSize(s.maxReadFrame())
 	c.fr.MaxHeaderListSize = s.maxHeaderList()
@@ -485,8 +486,14 @@ func (c *conn) close(cause error) {
 	}
 	c.closed = true
 	c.wakeWritersLocked()
+	streams := make([]*stream, 0, len(c.streams))
+	for _, st := range c.streams {
+		streams = append(streams, st)
+	}
 	c.mu.Unlock()
-	c.cancel(cause)
+	for _, st := range streams {
+		st.cancel(cause)
+	}
 	_ = c.nc.Close()
 }
 

@@ -91,8 +91,13 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 
 	st := &stream{c: c, id: id, recvWindow: initialWindow}
-	st.ctx, st.cancel = context.WithCancelCause(c.ctx)
+	st.ctx, st.cancel = context.WithCancelCause(c.base)
 	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		st.cancel(nil)
+		return nil
+	}
 	st.sendWindow = c.peerInitial
 	st.bodyEOF = f.StreamEnded()
 	c.streams[id] = st
@@ -155,10 +160,11 @@ func (c *conn) runHandler(st *stream, req *http.Request) {
 	defer c.wg.Done()
 	rw := &responseWriter{st: st, hdr: http.Header{}}
 	handled := false
+	path := req.URL.Path // not req: the handler's own copy is what should stay reachable
 	defer func() {
 		if !handled {
 			if r := recover(); r != nil && r != http.ErrAbortHandler {
-				c.srv.log().Error("http2 handler panic", "remote", c.remote, "path", req.URL.Path, "panic", r)
+				c.srv.log().Error("http2 handler panic", "remote", c.remote, "path", path, "panic", r)
 			}
 			c.resetStream(st.id, http2.ErrCodeInternal)
 		}

@@ -31,8 +31,8 @@ type conn struct {
 	// connection would be kept for hours): close cancels its streams one by one.
 	base context.Context
 	fr   *http2.Framer
-	out     switchWriter // the framer's writer: a pooled buffer during a write, else nothing
-	wg      sync.WaitGroup
+	out  switchWriter // the framer's writer: a pooled buffer during a write, else nothing
+	wg   sync.WaitGroup
 
 	wmu  sync.Mutex
 	enc  *hpack.Encoder
@@ -48,7 +48,7 @@ type conn struct {
 	windowGrew   chan struct{}
 	recvWindow   int64 // connection-level window the client has left
 	recvUnacked  int64 // read bytes not yet returned to the client
-	goingAway    bool // the server sent GOAWAY
+	goingAway    bool  // the server sent GOAWAY
 	closed       bool
 }
 
@@ -247,7 +247,9 @@ type connErr struct {
 	reason string
 }
 
-func (e connErr) Error() string { return fmt.Sprintf("leanh2: connection error %v: %s", e.code, e.reason) }
+func (e connErr) Error() string {
+	return fmt.Sprintf("leanh2: connection error %v: %s", e.code, e.reason)
+}
 
 func protocolErr(format string, args ...any) error {
 	return connErr{code: http2.ErrCodeProtocol, reason: fmt.Sprintf(format, args...)}

@@ -6,7 +6,7 @@
 // itself, under the connection's write lock; nothing is buffered between writes, so an idle
 // connection keeps no write buffer, and the hpack encoder keeps no dynamic table. golang.org/x/net's
 // server, by comparison, keeps a serve loop and a frame reader per connection and a 4 KiB buffered
-// writer per stream (ADR 009).
+// writer per stream (ADR 010).
 //
 // Frame parsing and hpack are golang.org/x/net/http2's. What this package implements is the server
 // side of RFC 9113 that gRPC clients use: requests, response headers, DATA and trailers, flow

@@ -226,6 +226,9 @@ func (c *conn) serve() error {
 			if errors.As(err, &ce) {
 				return c.connError(http2.ErrCode(ce), fmt.Errorf("leanh2: %w: %v", err, c.fr.ErrorDetail()))
 			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				return c.connError(http2.ErrCodeFrameSize, err)
+			}
 			return c.fail(err)
 		}
 		if err := c.process(f); err != nil {

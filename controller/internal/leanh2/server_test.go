@@ -355,6 +355,10 @@ func TestProtocolErrors(t *testing.T) {
 		{"even stream", func(rc *rawConn) { rc.request(2, "/", true) }, http2.ErrCodeProtocol},
 		{"data on idle stream", func(rc *rawConn) { _ = rc.fr.WriteData(7, true, []byte("x")) }, http2.ErrCodeProtocol},
 		{"window overflow", func(rc *rawConn) { _ = rc.fr.WriteWindowUpdate(0, 1<<31-1) }, http2.ErrCodeFlowControl},
+		{"frame larger than advertised", func(rc *rawConn) {
+			rc.request(1, "/slow", false)
+			_ = rc.fr.WriteData(1, false, make([]byte, 20<<10))
+		}, http2.ErrCodeFrameSize},
 		{"connection window overrun", func(rc *rawConn) {
 			rc.request(1, "/slow", false)
 			for range 5 {

@@ -35,7 +35,7 @@ func FuzzServeConn(f *testing.F) {
 	f.Add(seed.Bytes())
 	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0})
 
-	cert, pool := selfSigned(&testing.T{})
+	cert, pool := selfSigned(f)
 	srvCfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http2.NextProtoTLS}}
 	cliCfg := &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{http2.NextProtoTLS}}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -132,6 +132,15 @@ func (w *statusWriter) conflictStarted(nodeID string) {
 	w.mu.Unlock()
 }
 
+// conflictEnded records that a node's conflict with a stream on another replica is over (the
+// stream registry saw its streams down to one session).
+func (w *statusWriter) conflictEnded(nodeID string) {
+	w.mu.Lock()
+	delete(w.conflicts, nodeID)
+	w.mu.Unlock()
+	w.queue(nodeID, w.endConflict)
+}
+
 // endConflict marks the node's recorded conflict over unless it is active on this replica (checked
 // when the flush applies it, so that a conflict detected after queueing stays).
 func (w *statusWriter) endConflict(n *domain.Node) {

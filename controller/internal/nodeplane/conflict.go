@@ -3,6 +3,7 @@ package nodeplane
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -52,7 +53,30 @@ func (p *Plane) raiseConflict(ctx context.Context, c *Caller, addr string, other
 	}
 	incident, _ := json.Marshal(inc)
 	reason := "session conflict: streams from " + strings.Join(addrs, ", ")
-	err := p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+	// Before the write: a status flush that reads the node after it must not end the conflict
+	// (the stream registry raises it after the stream's own open was queued).
+	p.status.conflictStarted(c.NodeID)
+	// The status writers of every replica holding a stream of the node write it too: retry on a
+	// version conflict.
+	var err error
+	for range 5 {
+		if err = p.recordConflict(ctx, c, addr, addrs, incident, reason, quarantine); !errors.Is(err, domain.ErrConflict) {
+			break
+		}
+	}
+	if err != nil {
+		return toConnect(fmt.Errorf("record session conflict: %w", err))
+	}
+	if quarantine {
+		p.revoke(c.ID.TenantID, c.NodeID, "quarantined: "+reason)
+		return unauthenticated("node %s quarantined: %s", c.NodeID, reason)
+	}
+	return nil
+}
+
+// recordConflict writes the incident's audit row and the node's conflict (and quarantine).
+func (p *Plane) recordConflict(ctx context.Context, c *Caller, addr string, addrs []string, incident []byte, reason string, quarantine bool) error {
+	return p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
 		if err := tx.AppendAudit(ctx, &domain.AuditEntry{
 			TenantID: c.ID.TenantID, ActorType: domain.ActorSystem, ActorName: "conflict-detector", Action: "NodeSessionConflict",
 			ResourceType: domain.ResourceNode, ResourceID: c.NodeID, After: incident, PeerAddress: addr,
@@ -80,15 +104,6 @@ func (p *Plane) raiseConflict(ctx context.Context, c *Caller, addr string, other
 			ResourceType: domain.ResourceNode, ResourceID: c.NodeID, Before: before, After: after,
 		})
 	})
-	if err != nil {
-		return toConnect(fmt.Errorf("record session conflict: %w", err))
-	}
-	p.status.conflictStarted(c.NodeID)
-	if quarantine {
-		p.revoke(c.ID.TenantID, c.NodeID, "quarantined: "+reason)
-		return unauthenticated("node %s quarantined: %s", c.NodeID, reason)
-	}
-	return nil
 }
 
 func listAll[T any](list func(store.ListOptions) (*store.Page[T], error)) ([]*T, error) {

@@ -99,9 +99,12 @@ func (w *statusWriter) streamOpened(c *Caller) {
 	w.mu.Unlock()
 	w.queue(c.NodeID, func(n *domain.Node) {
 		w.markOnline(n, now)
-		// A conflict recorded earlier (e.g. before a restart) that this replica no longer sees
-		// is over.
-		w.endConflict(n)
+		// A conflict recorded before this stream opened (e.g. before a restart) that this
+		// replica no longer sees is over. One detected since (by another replica, which saw
+		// this stream in the stream registry) is not.
+		if n.Conflict != nil && n.Conflict.DetectTime.Before(now) {
+			w.endConflict(n)
+		}
 	})
 }
 

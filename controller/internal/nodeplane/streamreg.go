@@ -33,6 +33,7 @@ type streamRegistry struct {
 	live    map[*fanout.Sub]*regStream // registered
 	closed  []string                   // ids of registered streams closed since the last flush
 	remote  map[string]*Caller         // nodes with a conflict raised against another replica
+	synced  bool                       // a sync succeeded (the replica is registered)
 	wake    chan struct{}
 }
 
@@ -148,14 +149,12 @@ func (r *streamRegistry) flush(ctx context.Context) {
 
 	now := r.p.now().UTC()
 	sync := store.StreamSync{ReplicaID: r.id, Now: now, StaleBefore: now.Add(-r.stale), Closed: closed}
-	byID := make(map[string]*regStream, len(opened))
 	for _, rs := range opened {
-		byID[rs.id] = rs
 		sync.Opened = append(sync.Opened, store.MapStream{
 			ID: rs.id, ReplicaID: r.id, NodeID: rs.c.NodeID, SessionID: rs.sub.SessionID, Addr: rs.sub.Addr, OpenTime: rs.at,
 		})
 	}
-	conflicts, err := r.p.deps.Store.SyncMapStreams(ctx, sync)
+	res, err := r.p.deps.Store.SyncMapStreams(ctx, sync)
 	r.mu.Lock()
 	if err != nil {
 		// Try again at the next flush; a stream closed meanwhile is dropped there.
@@ -169,6 +168,20 @@ func (r *streamRegistry) flush(ctx context.Context) {
 		}
 		return
 	}
+	conflicts := res.Conflicts
+	if res.Joined && r.synced {
+		// Another replica took this one for dead (it stalled past the stale time) and deleted its
+		// streams: register them again, judged like new ones (a stream opened elsewhere meanwhile
+		// did not see them).
+		for sub, rs := range r.live {
+			rs.judged = false
+			r.pending[sub] = rs
+			delete(r.live, sub)
+		}
+		r.p.log.WarnContext(ctx, "stream registry: this replica was expired as dead; registering its streams again", "replica", r.id, "streams", len(r.pending))
+		defer r.notify()
+	}
+	r.synced = true
 	var judge []*regStream
 	for _, rs := range opened {
 		if !r.p.hub.Has(rs.sub) {

@@ -72,7 +72,7 @@ type Store interface {
 	// opened stream id, the streams of the same node with another session id that other live
 	// replicas hold. Of two replicas registering streams of one node at once, exactly one sees
 	// the other's.
-	SyncMapStreams(ctx context.Context, s StreamSync) (map[string][]MapStream, error)
+	SyncMapStreams(ctx context.Context, s StreamSync) (*StreamSyncResult, error)
 	// MapStreams returns the registered streams of a node held by replicas seen at or after
 	// liveAfter.
 	MapStreams(ctx context.Context, nodeID string, liveAfter time.Time) ([]MapStream, error)
@@ -109,6 +109,17 @@ type StreamSync struct {
 	Opened      []MapStream
 	// Closed are stream ids of this replica.
 	Closed []string
+}
+
+// StreamSyncResult is what SyncMapStreams reports.
+type StreamSyncResult struct {
+	// Conflicts are, keyed by opened stream id, the other live replicas' streams of its node
+	// under another session id.
+	Conflicts map[string][]MapStream
+	// Joined says that the replica was not registered: its first sync, or it had been expired as
+	// dead (a stall longer than the stale time) and its streams deleted, which it must register
+	// again.
+	Joined bool
 }
 
 // HolePunchPost is a hole punch addressed to the replica holding the peer's stream: NodeID is the

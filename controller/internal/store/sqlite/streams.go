@@ -9,8 +9,8 @@ import (
 )
 
 // SyncMapStreams implements store.Store.
-func (s *Store) SyncMapStreams(ctx context.Context, sync store.StreamSync) (map[string][]store.MapStream, error) {
-	var out map[string][]store.MapStream
+func (s *Store) SyncMapStreams(ctx context.Context, sync store.StreamSync) (*store.StreamSyncResult, error) {
+	var out *store.StreamSyncResult
 	err := s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
 		var err error
 		out, err = t.(*sqlcore.Tx).SyncMapStreams(ctx, sync)

@@ -27,13 +27,18 @@ func testStreamRegistry(t *testing.T, h Harness) {
 	c := t.Context()
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	stale := now.Add(-time.Minute)
+	joined := map[string]bool{}
 	sync := func(replica string, at time.Time, opened []store.MapStream, closed ...string) map[string][]store.MapStream {
 		t.Helper()
 		got, err := s.SyncMapStreams(c, store.StreamSync{ReplicaID: replica, Now: at, StaleBefore: stale, Opened: opened, Closed: closed})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got
+		if got.Joined == joined[replica] {
+			t.Fatalf("%s: joined %v, want %v", replica, got.Joined, !joined[replica])
+		}
+		joined[replica] = true
+		return got.Conflicts
 	}
 	st := func(id, replica, node, session string) store.MapStream {
 		return store.MapStream{ID: id, ReplicaID: replica, NodeID: node, SessionID: session, Addr: "192.0.2.1:" + id, OpenTime: now}
@@ -61,6 +66,13 @@ func testStreamRegistry(t *testing.T, h Harness) {
 	}
 	if fmt.Sprint(streamIDs(ms)) != "[a b c]" {
 		t.Fatalf("n1's streams %v, want [a b c]", streamIDs(ms))
+	}
+	// An expired replica is told that it joins anew (its streams are gone).
+	if got, err := s.SyncMapStreams(c, store.StreamSync{ReplicaID: "dead", Now: now, StaleBefore: stale}); err != nil || !got.Joined {
+		t.Fatalf("expired replica's sync: %+v %v, want joined", got, err)
+	}
+	if ms, err := s.MapStreams(c, "n1", time.Time{}); err != nil || len(ms) != 3 {
+		t.Fatalf("n1's streams %v %v, want 3", streamIDs(ms), err)
 	}
 	// Same replica, other session: not reported (the replica sees its own streams itself).
 	if got := sync("r1", now, []store.MapStream{st("f", "r1", "n2", "s7")}); fmt.Sprint(streamIDs(got["f"])) != "[e]" {
@@ -141,7 +153,10 @@ func testStreamRegistryRace(t *testing.T, h Harness) {
 					ReplicaID: fmt.Sprint("replica-", j), Now: now, StaleBefore: now.Add(-time.Minute),
 					Opened: []store.MapStream{{ID: id, NodeID: node, SessionID: id, Addr: "192.0.2.1:1", OpenTime: now}},
 				})
-				seen[j], errs[j] = len(got[id]), err
+				if err == nil {
+					seen[j] = len(got.Conflicts[id])
+				}
+				errs[j] = err
 			}()
 		}
 		wg.Wait()

@@ -15,7 +15,7 @@ import (
 // (MapStreams in a read-only one).
 
 // SyncMapStreams implements store.Store.SyncMapStreams within the transaction.
-func (tx *Tx) SyncMapStreams(ctx context.Context, s store.StreamSync) (map[string][]store.MapStream, error) {
+func (tx *Tx) SyncMapStreams(ctx context.Context, s store.StreamSync) (*store.StreamSyncResult, error) {
 	if err := tx.writable(); err != nil {
 		return nil, err
 	}
@@ -29,6 +29,7 @@ func (tx *Tx) SyncMapStreams(ctx context.Context, s store.StreamSync) (map[strin
 	if err != nil {
 		return nil, fmt.Errorf("mark replica alive: %w", err)
 	}
+	res := &store.StreamSyncResult{Joined: n == 0}
 	if n == 0 {
 		if _, err := tx.exec(ctx, "INSERT INTO controller_replicas (id, seen_time) VALUES (?, ?)", s.ReplicaID, now); err != nil {
 			return nil, fmt.Errorf("register replica: %w", err)
@@ -70,7 +71,7 @@ func (tx *Tx) SyncMapStreams(ctx context.Context, s store.StreamSync) (map[strin
 		}
 	}
 	if len(s.Opened) == 0 {
-		return nil, nil
+		return res, nil
 	}
 	// Other live replicas' streams of the opened nodes.
 	byNode := map[string][]store.MapStream{}
@@ -98,15 +99,15 @@ func (tx *Tx) SyncMapStreams(ctx context.Context, s store.StreamSync) (map[strin
 			byNode[m.NodeID] = append(byNode[m.NodeID], m)
 		}
 	}
-	out := map[string][]store.MapStream{}
+	res.Conflicts = map[string][]store.MapStream{}
 	for _, m := range s.Opened {
 		for _, o := range byNode[m.NodeID] {
 			if o.SessionID != m.SessionID {
-				out[m.ID] = append(out[m.ID], o)
+				res.Conflicts[m.ID] = append(res.Conflicts[m.ID], o)
 			}
 		}
 	}
-	return out, nil
+	return res, nil
 }
 
 // MapStreams implements store.Store.MapStreams within the transaction.

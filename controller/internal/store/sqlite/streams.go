@@ -46,8 +46,18 @@ func (s *Store) PostHolePunches(ctx context.Context, hps []store.HolePunchPost) 
 
 // TakeHolePunches implements store.Store.
 func (s *Store) TakeHolePunches(ctx context.Context, replicaID string) ([]store.HolePunchPost, error) {
+	// Called on every wake-up of the feed: the usual empty queue is a read only.
+	var queued bool
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		queued, err = t.(*sqlcore.Tx).HasHolePunches(ctx, replicaID)
+		return err
+	})
+	if err != nil || !queued {
+		return nil, err
+	}
 	var out []store.HolePunchPost
-	err := s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
+	err = s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
 		var err error
 		out, err = t.(*sqlcore.Tx).TakeHolePunches(ctx, replicaID)
 		return err

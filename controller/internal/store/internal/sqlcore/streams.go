@@ -168,6 +168,16 @@ func (tx *Tx) PostHolePunches(ctx context.Context, hps []store.HolePunchPost) er
 	return nil
 }
 
+// HasHolePunches reports whether hole punches are queued for the replica (a read, so that the
+// common empty case costs no write transaction).
+func (tx *Tx) HasHolePunches(ctx context.Context, replicaID string) (bool, error) {
+	_, ok, err := tx.queryInt64(ctx, "SELECT 1 FROM hole_punches WHERE replica_id = ? LIMIT 1", replicaID)
+	if err != nil {
+		return false, fmt.Errorf("look for hole punches: %w", err)
+	}
+	return ok, nil
+}
+
 // TakeHolePunches implements store.Store.TakeHolePunches within the transaction.
 func (tx *Tx) TakeHolePunches(ctx context.Context, replicaID string) ([]store.HolePunchPost, error) {
 	if err := tx.writable(); err != nil {

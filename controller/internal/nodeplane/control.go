@@ -482,21 +482,12 @@ func (s controlService) RequestHolePunch(ctx context.Context, req *connect.Reque
 	if !p.isPeer(c.NodeID, peerID) {
 		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %s is not in your network map", peerID))
 	}
-	hp := &nodev1.HolePunch{PeerNodeId: c.NodeID, WireguardPublicKey: append([]byte(nil), c.WGKey[:]...)}
-	// The peer's view of the caller holds the endpoints the caller last reported.
-	for _, ms := range p.streamsOf(peerID) {
-		ms.mu.Lock()
-		if self, ok := ms.mirror.Peer(c.NodeID); ok {
-			hp.Endpoints = self.GetEndpoints()
-			hp.WireguardPublicKey = self.GetWireguardPublicKey()
-		}
-		ms.mu.Unlock()
-	}
-	delivered := false
-	for _, sub := range p.hub.Streams(peerID) {
-		if sub.Post(hp) {
-			delivered = true
-		}
+	// Delivered: queued on a stream of the peer on this replica or, when it has none here, handed to
+	// the other replicas that the stream registry shows holding a live stream of it (they queue it
+	// on their next store wake-up, milliseconds later; ADR 009).
+	delivered := p.postHolePunch(c.NodeID, c.WGKey[:], peerID)
+	if !delivered {
+		delivered = p.streamReg.forwardHolePunch(ctx, c.NodeID, c.WGKey[:], peerID)
 	}
 	return connect.NewResponse(&nodev1.RequestHolePunchResponse{Delivered: delivered}), nil
 }

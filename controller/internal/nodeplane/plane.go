@@ -6,7 +6,10 @@
 // relay and vrouter control services.
 //
 // One Plane serves one controller replica. Replicas share only the store: each Plane's loader
-// follows the store's change feed, so a change committed on any replica reaches every agent.
+// follows the store's change feed, so a change committed on any replica reaches every agent, and
+// each Plane records its open streams in the store's stream registry, so that a session conflict
+// spanning replicas is detected and a hole punch reaches a peer streaming from another replica
+// (ADR 009).
 package nodeplane
 
 import (
@@ -90,6 +93,10 @@ type Deps struct {
 	EphemeralTimeout time.Duration
 	// SweepInterval is how often the offline sweeper and the status writer run (0: 1 s).
 	SweepInterval time.Duration
+	// ReplicaHeartbeat is how often the replica marks itself alive in the store's stream registry
+	// (0: 10 s); a replica not seen for 3 heartbeats is dead and its streams no longer count
+	// (ADR 009).
+	ReplicaHeartbeat time.Duration
 
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -114,6 +121,7 @@ func (d *Deps) defaults() error {
 	set(&d.OfflineAfter, 3*d.ReportInterval)
 	set(&d.EphemeralTimeout, 10*time.Minute)
 	set(&d.SweepInterval, time.Second)
+	set(&d.ReplicaHeartbeat, 10*time.Second)
 	if d.MaxStreams <= 0 {
 		d.MaxStreams = 50000
 	}
@@ -153,15 +161,16 @@ type Plane struct {
 	server   *pki.ServerCert
 	validate protovalidate.Validator
 
-	engine   *netmap.Engine
-	peers    convert.SharedPeers
-	loader   *mapsync.Loader
-	hub      *fanout.Hub
-	reg      *registry
-	verified verifiedConns
-	status   *statusWriter
-	admit    *admission
-	enroll   *enrollLimiter
+	engine    *netmap.Engine
+	peers     convert.SharedPeers
+	loader    *mapsync.Loader
+	hub       *fanout.Hub
+	reg       *registry
+	verified  verifiedConns
+	status    *statusWriter
+	streamReg *streamRegistry
+	admit     *admission
+	enroll    *enrollLimiter
 
 	relays   resourceCache[domainRelay]
 	vrouters resourceCache[domainVRouter]
@@ -208,6 +217,8 @@ func New(ctx context.Context, deps Deps) (*Plane, error) {
 	p.admit = newAdmission(deps.MaxStreams, deps.StreamRate, deps.StreamBurst)
 	p.enroll = newEnrollLimiter(deps.EnrollRate, deps.EnrollBurst, deps.EnrollGlobalRate)
 	p.status = newStatusWriter(p)
+	p.streamReg = newStreamRegistry(p, deps.ReplicaHeartbeat)
+	p.hub.OnRemove(p.streamReg.removed)
 	p.server = deps.ServerCert
 	if p.server == nil {
 		if p.server, err = pki.NewServerCert(ctx, deps.Authority, deps.ServerNames, 0, deps.Log); err != nil {
@@ -256,7 +267,7 @@ func (p *Plane) Run(ctx context.Context) error {
 	}()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		if err := p.loader.Run(ctx); err != nil {
@@ -267,6 +278,10 @@ func (p *Plane) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		p.status.run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		p.streamReg.run(ctx)
 	}()
 	wg.Wait()
 	select {

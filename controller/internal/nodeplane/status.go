@@ -99,9 +99,12 @@ func (w *statusWriter) streamOpened(c *Caller) {
 	w.mu.Unlock()
 	w.queue(c.NodeID, func(n *domain.Node) {
 		w.markOnline(n, now)
-		// A conflict recorded earlier (e.g. before a restart) that this replica no longer sees
-		// is over.
-		w.endConflict(n)
+		// A conflict recorded before this stream opened (e.g. before a restart) that this
+		// replica no longer sees is over. One detected since (by another replica, which saw
+		// this stream in the stream registry) is not.
+		if n.Conflict != nil && n.Conflict.DetectTime.Before(now) {
+			w.endConflict(n)
+		}
 	})
 }
 
@@ -130,6 +133,15 @@ func (w *statusWriter) conflictStarted(nodeID string) {
 	w.mu.Lock()
 	w.conflicts[nodeID] = true
 	w.mu.Unlock()
+}
+
+// conflictEnded records that a node's conflict with a stream on another replica is over (the
+// stream registry saw its streams down to one session).
+func (w *statusWriter) conflictEnded(nodeID string) {
+	w.mu.Lock()
+	delete(w.conflicts, nodeID)
+	w.mu.Unlock()
+	w.queue(nodeID, w.endConflict)
 }
 
 // endConflict marks the node's recorded conflict over unless it is active on this replica (checked

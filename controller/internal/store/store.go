@@ -65,8 +65,71 @@ type Store interface {
 	// notification connection was re-established (changes may have been missed: read again).
 	// The channel is closed when ctx is done. Readers call ChangesSince on every wake-up.
 	Watch(ctx context.Context) (<-chan struct{}, error)
+	// SyncMapStreams records one replica's stream changes in the stream registry (ADR 009), in one
+	// transaction serialised with every other replica's: it marks s.ReplicaID alive at s.Now,
+	// deletes the replicas last seen before s.StaleBefore with their streams, and hole punches
+	// queued before it, deletes the streams s.Closed (ids), inserts s.Opened, and returns, keyed by
+	// opened stream id, the streams of the same node with another session id that other live
+	// replicas hold. Of two replicas registering streams of one node at once, exactly one sees
+	// the other's.
+	SyncMapStreams(ctx context.Context, s StreamSync) (*StreamSyncResult, error)
+	// MapStreams returns the registered streams of a node held by replicas seen at or after
+	// liveAfter.
+	MapStreams(ctx context.Context, nodeID string, liveAfter time.Time) ([]MapStream, error)
+	// DropReplica deletes a replica's registration, streams and undelivered hole punches (clean
+	// shutdown).
+	DropReplica(ctx context.Context, replicaID string) error
+	// PostHolePunches queues hole punches for the replicas they name and wakes Watch (on
+	// PostgreSQL in every process).
+	PostHolePunches(ctx context.Context, hps []HolePunchPost) error
+	// TakeHolePunches deletes and returns the hole punches queued for a replica, oldest first.
+	TakeHolePunches(ctx context.Context, replicaID string) ([]HolePunchPost, error)
 	// Close releases the database; the store is unusable afterwards.
 	Close() error
+}
+
+// MapStream is one open network-map stream in the stream registry.
+type MapStream struct {
+	// ID is unique per stream (the replica chooses it).
+	ID        string
+	ReplicaID string
+	NodeID    string
+	SessionID string
+	// Addr is the agent's remote host:port.
+	Addr     string
+	OpenTime time.Time
+}
+
+// StreamSync is one replica's registry write (SyncMapStreams).
+type StreamSync struct {
+	ReplicaID string
+	Now       time.Time
+	// StaleBefore: replicas last seen before it are dead.
+	StaleBefore time.Time
+	Opened      []MapStream
+	// Closed are stream ids of this replica.
+	Closed []string
+}
+
+// StreamSyncResult is what SyncMapStreams reports.
+type StreamSyncResult struct {
+	// Conflicts are, keyed by opened stream id, the other live replicas' streams of its node
+	// under another session id.
+	Conflicts map[string][]MapStream
+	// Joined says that the replica was not registered: its first sync, or it had been expired as
+	// dead (a stall longer than the stale time) and its streams deleted, which it must register
+	// again.
+	Joined bool
+}
+
+// HolePunchPost is a hole punch addressed to the replica holding the peer's stream: NodeID is the
+// peer that should punch, FromNodeID the node asking (and WGKey its WireGuard public key).
+type HolePunchPost struct {
+	ReplicaID  string
+	NodeID     string
+	FromNodeID string
+	WGKey      []byte
+	CreateTime time.Time
 }
 
 // ListOptions are the paging options every List method takes.

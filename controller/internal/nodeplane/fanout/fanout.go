@@ -5,6 +5,7 @@
 package fanout
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/netmap"
@@ -141,10 +142,15 @@ func (s *Sub) Close(err error) {
 // Hub indexes the open streams by node id.
 type Hub struct {
 	queueLen int
+	onRemove func(*Sub)
 	mu       sync.RWMutex
 	subs     map[string][]*Sub
 	n        int
 }
+
+// OnRemove sets a function called (outside the hub's lock) after each Remove of a registered
+// stream (the replica's stream registry). Set it before streams are added.
+func (h *Hub) OnRemove(fn func(*Sub)) { h.onRemove = fn }
 
 // New returns an empty Hub whose streams queue up to queueLen deltas (0: DefaultQueueLen).
 func New(queueLen int) *Hub {
@@ -167,6 +173,14 @@ func (h *Hub) Add(s *Sub) (others []*Sub) {
 
 // Remove unregisters s and returns the node's streams still open.
 func (h *Hub) Remove(s *Sub) (left []*Sub) {
+	left, removed := h.remove(s)
+	if removed && h.onRemove != nil {
+		h.onRemove(s)
+	}
+	return left
+}
+
+func (h *Hub) remove(s *Sub) (left []*Sub, removed bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	list := h.subs[s.NodeID]
@@ -174,15 +188,16 @@ func (h *Hub) Remove(s *Sub) (left []*Sub) {
 		if o == s {
 			list = append(list[:i:i], list[i+1:]...)
 			h.n--
+			removed = true
 			break
 		}
 	}
 	if len(list) == 0 {
 		delete(h.subs, s.NodeID)
-		return nil
+		return nil, removed
 	}
 	h.subs[s.NodeID] = list
-	return append([]*Sub(nil), list...)
+	return append([]*Sub(nil), list...), removed
 }
 
 // Deliver queues each delta on its node's streams.
@@ -226,6 +241,13 @@ func (h *Hub) Streams(nodeID string) []*Sub {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return append([]*Sub(nil), h.subs[nodeID]...)
+}
+
+// Has reports whether s is registered.
+func (h *Hub) Has(s *Sub) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return slices.Contains(h.subs[s.NodeID], s)
 }
 
 // Online reports whether the node has an open stream here.

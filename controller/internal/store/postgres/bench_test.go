@@ -19,3 +19,8 @@ func BenchmarkCreateNode(b *testing.B) {
 func BenchmarkListNodes100k(b *testing.B) {
 	storetest.BenchListNodes(b, open(b, postgres.TestCluster.NewDatabase(b)), 100_000)
 }
+
+// go test -run '^$' -bench StreamRegistry ./internal/store/postgres
+func BenchmarkStreamRegistry10k(b *testing.B) {
+	storetest.BenchStreamRegistry(b, open(b, postgres.TestCluster.NewDatabase(b)), 10_000)
+}

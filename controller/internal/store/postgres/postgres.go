@@ -40,6 +40,9 @@ const Channel = "cloudvlan_changes"
 // feedLockKey is the advisory lock that orders change-feed inserts (an arbitrary constant).
 const feedLockKey = 0x63766c616e // "cvlan"
 
+// streamsLockKey is the advisory lock that serialises stream-registry writes (ADR 009).
+const streamsLockKey = 0x63766c616e73 // "cvlans"
+
 // Config configures Open.
 type Config struct {
 	// DSN is the application's connection string. Its role must not be a superuser or have
@@ -117,6 +120,8 @@ var dialect = sqlcore.Dialect{
 	IsUnique:      func(err error) bool { return pgCode(err) == "23505" },
 	IsForeignKey:  func(err error) bool { return pgCode(err) == "23503" },
 	InsertChanges: insertChanges,
+	LockStreams:   "SELECT pg_advisory_xact_lock(" + strconv.Itoa(streamsLockKey) + ")",
+	Wake:          "SELECT pg_notify('" + Channel + "', '')",
 	// Lock the cvlan only: locking the tenant too would serialise every cvlan of a tenant.
 	LockCvlan: `SELECT c.id, c.version, c.data, c.ipv4_next, t.data FROM cvlans c
 		JOIN tenants t ON t.id = c.tenant_id WHERE c.id = ? AND c.tenant_id = ? FOR UPDATE OF c`,

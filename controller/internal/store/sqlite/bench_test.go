@@ -19,3 +19,8 @@ func BenchmarkCreateNode(b *testing.B) {
 func BenchmarkListNodes100k(b *testing.B) {
 	storetest.BenchListNodes(b, open(b, filepath.Join(b.TempDir(), "bench.db")), 100_000)
 }
+
+// go test -run '^$' -bench StreamRegistry ./internal/store/sqlite
+func BenchmarkStreamRegistry10k(b *testing.B) {
+	storetest.BenchStreamRegistry(b, open(b, filepath.Join(b.TempDir(), "bench.db")), 10_000)
+}

@@ -164,3 +164,50 @@ func BenchListNodes(b *testing.B, s store.Store, total int) {
 		})
 	}
 }
+
+// BenchStreamRegistry measures the stream registry (ADR 009) holding `streams` streams of two
+// replicas: "storm" is one registration flush of 500 newly opened streams (a reconnect storm is
+// streams/500 of them), "heartbeat" an idle replica's sync with nothing opened or closed.
+func BenchStreamRegistry(b *testing.B, s store.Store, streams int) {
+	c := b.Context()
+	now := time.Now().UTC()
+	var seq atomic.Int64
+	batch := func(replica string, n int) []store.MapStream {
+		out := make([]store.MapStream, n)
+		for i := range out {
+			id := fmt.Sprint("s", seq.Add(1))
+			out[i] = store.MapStream{ID: id, NodeID: "node-" + id, SessionID: id, Addr: "192.0.2.1:41641", OpenTime: now}
+		}
+		return out
+	}
+	for i := 0; i < streams; i += 500 {
+		replica := []string{"r1", "r2"}[i/500%2]
+		if _, err := s.SyncMapStreams(c, store.StreamSync{ReplicaID: replica, Now: now, StaleBefore: now.Add(-time.Minute), Opened: batch(replica, 500)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("storm500", func(b *testing.B) {
+		for b.Loop() {
+			opened := batch("r1", 500)
+			ids := make([]string, len(opened))
+			for i, m := range opened {
+				ids[i] = m.ID
+			}
+			if _, err := s.SyncMapStreams(c, store.StreamSync{ReplicaID: "r1", Now: now, StaleBefore: now.Add(-time.Minute), Opened: opened}); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			if _, err := s.SyncMapStreams(c, store.StreamSync{ReplicaID: "r1", Now: now, StaleBefore: now.Add(-time.Minute), Closed: ids}); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("heartbeat", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := s.SyncMapStreams(c, store.StreamSync{ReplicaID: "r2", Now: now, StaleBefore: now.Add(-time.Minute)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

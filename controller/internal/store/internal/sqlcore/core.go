@@ -71,6 +71,11 @@ type Dialect struct {
 	// InsertChanges, when set, returns one statement that does BeforeChanges, the insert of n
 	// change rows (6 placeholders each) and AfterChanges in one round trip.
 	InsertChanges func(n int) string
+	// LockStreams serialises stream-registry writes of all processes until commit (PostgreSQL: a
+	// transaction-level advisory lock; SQLite has one writer anyway).
+	LockStreams string
+	// Wake wakes other processes' Watch at commit (PostgreSQL: pg_notify on the feed's channel).
+	Wake string
 	// LockCvlan returns the query the allocator uses to read and lock a cvlan row together
 	// with its tenant's data (locking only the cvlan).
 	LockCvlan string
@@ -95,6 +100,7 @@ type Tx struct {
 	readOnly bool
 	now      func() time.Time
 	changes  []domain.ChangeEvent
+	wake     bool // notify watchers after commit though no change event was recorded
 }
 
 var _ store.Tx = (*Tx)(nil)
@@ -115,7 +121,7 @@ func (tx *Tx) Now() time.Time { return tx.now().UTC().Truncate(time.Microsecond)
 
 // HasChanges reports whether the transaction recorded change events (the store then notifies
 // watchers after commit).
-func (tx *Tx) HasChanges() bool { return len(tx.changes) > 0 }
+func (tx *Tx) HasChanges() bool { return len(tx.changes) > 0 || tx.wake }
 
 // FlushChanges writes the recorded change events. Stores call it right before commit, so that
 // on PostgreSQL the feed lock is held only for the commit itself.

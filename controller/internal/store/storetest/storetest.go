@@ -61,6 +61,7 @@ func Run(t *testing.T, h Harness) {
 		{"Watch", testWatch},
 		{"LatestChangeID", testLatestChangeID},
 		{"NodeStatusWrites", testNodeStatusWrites},
+		{"VRouterStatusWrites", testVRouterStatusWrites},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, h) })

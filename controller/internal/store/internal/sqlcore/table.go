@@ -343,6 +343,44 @@ func (t *table[T, P]) updateAs(ctx context.Context, tx *Tx, p P, feedKind string
 	return nil
 }
 
+// updateStatus rewrites the stored row as merge leaves it and keeps its version and update
+// time (a status write: etags stay valid), recording a change event of type feedKind (none when
+// empty). The row is read locked, so merge starts from the committed configuration; version,
+// when nonzero, must be the stored one.
+func (t *table[T, P]) updateStatus(ctx context.Context, tx *Tx, id string, version int64, merge func(stored P), feedKind string) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	old, err := t.getBy(ctx, tx, id, true, cond{"id = ?", []any{id}})
+	if err != nil {
+		return err
+	}
+	if err := t.mayWrite(tx, old); err != nil {
+		return err
+	}
+	om := old.GetMeta()
+	if version != 0 && version != om.Version {
+		return fmt.Errorf("update %s %s status: have version %d, stored %d: %w", t.kind, id, version, om.Version, domain.ErrConflict)
+	}
+	merge(old)
+	data, err := json.Marshal(old)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.kind, err)
+	}
+	w, wargs := where(append(t.writeConds(tx), cond{"id = ? AND version = ?", []any{id, om.Version}}))
+	n, err := tx.exec(ctx, "UPDATE "+t.name+" SET data = ?"+w, append([]any{string(data)}, wargs...)...)
+	if err != nil {
+		return tx.classify(err, "update "+t.kind+" status")
+	}
+	if n == 0 {
+		return fmt.Errorf("update %s %s status: changed concurrently: %w", t.kind, id, domain.ErrConflict)
+	}
+	if feedKind != "" {
+		tx.record(t.tenantOf(old), feedKind, id, domain.OpUpdate, om.Version)
+	}
+	return nil
+}
+
 func (t *table[T, P]) remove(ctx context.Context, tx *Tx, id string, version int64) error {
 	if err := tx.writable(); err != nil {
 		return err

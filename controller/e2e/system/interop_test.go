@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
@@ -114,14 +115,9 @@ func TestInteropStockWireGuard(t *testing.T) {
 	// Controller, tenant, cvlan, allow-all policy, and one netstack agent whose WireGuard socket
 	// is bound to the root end of the veth, so the endpoint it reports is reachable from the
 	// namespace.
-	dataDir := t.TempDir()
-	ctl := start(t, "controller", ctlBin, "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "127.0.0.1:0",
-		"--metrics-addr", "127.0.0.1:0")
-	nodeAddr := ctl.waitFor(t, listeningRE, time.Minute)[1]
-	apiAddr := ctl.waitFor(t, apiRE, time.Minute)[1]
-	key := ctl.waitFor(t, bootstrapRE, 30*time.Second)[1]
-	rootCA := filepath.Join(dataDir, "ca", "root_ca.crt")
-	base, hc, auth := "https://"+apiAddr, apiClient(), bearer(key)
+	ctl := startController(t, ctlBin, "127.0.0.1:0")
+	nodeAddr, apiAddr, key, rootCA := ctl.nodeAddr, ctl.apiAddr, ctl.key, ctl.rootCA
+	base, hc, auth := "https://"+apiAddr, proctest.APIClient(), proctest.Bearer(key)
 	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
 	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
 	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
@@ -151,15 +147,15 @@ func TestInteropStockWireGuard(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateJoinToken: %v", err)
 	}
-	agentP := start(t, "agent", agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
+	agentP := proctest.Start(t, "agent", agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
 		"--controller-ca", rootCA, "--state-dir", filepath.Join(t.TempDir(), "agent"), "--netstack", "--socks5", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0", "--listen-ip", hostIP, "--name", "agent")
-	agentP.waitFor(t, socksRE, time.Minute)
+	agentP.WaitFor(t, socksRE, time.Minute)
 
 	// The agent's node must be ONLINE with its endpoint on the veth before the static peer is
 	// created: the exported config's Endpoint line is the node's first reported endpoint.
 	var agentNode *v1.Node
-	if err := eventually(60*time.Second, func() error {
+	if err := proctest.Eventually(60*time.Second, func() error {
 		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
@@ -196,8 +192,8 @@ func TestInteropStockWireGuard(t *testing.T) {
 
 	// The stock peer: wireguard-go in the namespace, configured only from the exported text.
 	t.Setenv("WG_PROCESS_FOREGROUND", "1")
-	start(t, "wireguard-go", "ip", "netns", "exec", ns, "wireguard-go", wgIf)
-	if err := eventually(20*time.Second, func() error {
+	proctest.Start(t, "wireguard-go", "ip", "netns", "exec", ns, "wireguard-go", wgIf)
+	if err := proctest.Eventually(20*time.Second, func() error {
 		return exec.Command("ip", "netns", "exec", ns, "wg", "show", wgIf).Run()
 	}); err != nil {
 		t.Fatalf("wireguard-go did not create %s: %v", wgIf, err)
@@ -234,7 +230,7 @@ func TestInteropStockWireGuard(t *testing.T) {
 	query := `\x00\x18\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01`
 	dial := fmt.Sprintf(`exec 3<>/dev/tcp/%s/53 && printf '%s' >&3 && head -c 4 <&3 | od -An -tx1`, agentIP, query)
 	var lastOut []byte
-	if err := eventually(60*time.Second, func() error {
+	if err := proctest.Eventually(60*time.Second, func() error {
 		c := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "timeout", "5", "bash", "-c", dial)
 		out, err := c.CombinedOutput()
 		lastOut = out

@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
@@ -133,14 +134,9 @@ func TestNetNSRealController(t *testing.T) {
 	}
 
 	// Controller: API on loopback (for the test), node port on the bridge.
-	dataDir := t.TempDir()
-	ctl := start(t, "controller", ctlBin, "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "10.202.0.1:0", "--server-name", "10.202.0.1",
-		"--metrics-addr", "127.0.0.1:0")
-	nodeAddr := ctl.waitFor(t, listeningRE, time.Minute)[1]
-	apiAddr := ctl.waitFor(t, apiRE, time.Minute)[1]
-	key := ctl.waitFor(t, bootstrapRE, 30*time.Second)[1]
-	rootCA := filepath.Join(dataDir, "ca", "root_ca.crt")
-	base, hc, auth := "https://"+apiAddr, apiClient(), bearer(key)
+	ctl := startController(t, ctlBin, "10.202.0.1:0", "--server-name", "10.202.0.1")
+	nodeAddr, apiAddr, key, rootCA := ctl.nodeAddr, ctl.apiAddr, ctl.key, ctl.rootCA
+	base, hc, auth := "https://"+apiAddr, proctest.APIClient(), proctest.Bearer(key)
 	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
 	relays := cloudvlanv1connect.NewRelayServiceClient(hc, base, auth)
 	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
@@ -177,10 +173,10 @@ func TestNetNSRealController(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateJoinToken(relay): %v", err)
 	}
-	start(t, "relay", relayBin, "up", "--controller", "https://"+nodeAddr, "--controller-ca", rootCA, "--state-dir",
+	proctest.Start(t, "relay", relayBin, "up", "--controller", "https://"+nodeAddr, "--controller-ca", rootCA, "--state-dir",
 		filepath.Join(t.TempDir(), "relay"), "--listen", relayAddr, "--stun-listen", "10.202.0.1:0", "--admin-listen", "",
 		"--token", rt.Msg.GetSecret())
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
 		if err != nil {
 			return err
@@ -231,7 +227,7 @@ func TestNetNSRealController(t *testing.T) {
 		}
 		dir := filepath.Join(t.TempDir(), "agent")
 		dirs = append(dirs, dir)
-		start(t, fmt.Sprintf("agent-%d", i+1), "ip", "netns", "exec", ns, agentBin, "up", "--controller", "https://"+nodeAddr,
+		proctest.Start(t, fmt.Sprintf("agent-%d", i+1), "ip", "netns", "exec", ns, agentBin, "up", "--controller", "https://"+nodeAddr,
 			"--token", jt.Msg.GetSecret(), "--controller-ca", rootCA, "--state-dir", dir, "--tun", "cvlan0",
 			"--name", fmt.Sprintf("n%d", i+1), "--log-level", "debug")
 		echo := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestNetNSHelperProcess$")
@@ -245,7 +241,7 @@ func TestNetNSRealController(t *testing.T) {
 	}
 
 	// Step 1: all three agents ONLINE through the API.
-	if err := eventually(90*time.Second, func() error {
+	if err := proctest.Eventually(90*time.Second, func() error {
 		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
@@ -274,7 +270,7 @@ func TestNetNSRealController(t *testing.T) {
 		return s, json.Unmarshal(out, &s)
 	}
 	overlay := make([]string, 3)
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		for i := range 3 {
 			s, err := status(i)
 			if err != nil {
@@ -302,7 +298,7 @@ func TestNetNSRealController(t *testing.T) {
 		for from := range 3 {
 			for to := range 3 {
 				if from != to {
-					if err := eventually(timeout, func() error { return reach(from, to) }); err != nil {
+					if err := proctest.Eventually(timeout, func() error { return reach(from, to) }); err != nil {
 						t.Fatalf("%s: %v", step, err)
 					}
 				}
@@ -332,7 +328,7 @@ func TestNetNSRealController(t *testing.T) {
 			if from == to {
 				continue
 			}
-			if err := eventually(15*time.Second, func() error {
+			if err := proctest.Eventually(15*time.Second, func() error {
 				out, err := exec.Command("ip", "netns", "exec", nss[from], "ping", "-n", "-c", "1", "-W", "2", overlay[to]).CombinedOutput()
 				if err != nil {
 					return fmt.Errorf("ping n%d -> n%d (%s): %v: %s", from+1, to+1, overlay[to], err, out)
@@ -346,7 +342,7 @@ func TestNetNSRealController(t *testing.T) {
 	t.Log("step 2b passed: ICMP echo between all pairs")
 
 	// Step 3: n1 and n2 (UDP blocked) reach each other through the relay; n1-n3 is direct.
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		if err := reach(0, 1); err != nil {
 			return err
 		}
@@ -357,7 +353,7 @@ func TestNetNSRealController(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("step 3 n1-n2 relayed while UDP is blocked: %v", err)
 	}
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		if got := path(0, "n3"); got != "direct" {
 			return fmt.Errorf("n1's path to n3 is %q", got)
 		}
@@ -369,7 +365,7 @@ func TestNetNSRealController(t *testing.T) {
 
 	// Step 4: unblocked, the path upgrades to direct.
 	netnsRun(t, "ip", "netns", "exec", nss[0], "nft", "delete", "table", "inet", "cvsblock")
-	if err := eventually(60*time.Second, func() error {
+	if err := proctest.Eventually(60*time.Second, func() error {
 		if got := path(0, "n2"); got != "direct" {
 			return fmt.Errorf("n1's path to n2 is %q", got)
 		}
@@ -380,7 +376,7 @@ func TestNetNSRealController(t *testing.T) {
 	t.Log("step 4 passed: n1-n2 direct after unblocking")
 
 	// Step 5: the controller SIGKILLed, traffic keeps flowing.
-	ctl.kill()
+	ctl.Kill()
 	time.Sleep(2 * time.Second)
 	reachAll("step 5 after the controller was killed", 15*time.Second)
 	t.Log("step 5 passed: traffic flows without the controller")

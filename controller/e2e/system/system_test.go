@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
@@ -49,14 +50,9 @@ func TestSystem(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	dataDir := t.TempDir()
-	ctl := start(t, "controller", ctlBin, "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "127.0.0.1:0",
-		"--metrics-addr", "127.0.0.1:0")
-	nodeAddr := ctl.waitFor(t, listeningRE, time.Minute)[1]
-	apiAddr := ctl.waitFor(t, apiRE, time.Minute)[1]
-	key := ctl.waitFor(t, bootstrapRE, 30*time.Second)[1]
-	rootCA := filepath.Join(dataDir, "ca", "root_ca.crt")
-	base, hc, auth := "https://"+apiAddr, apiClient(), bearer(key)
+	ctl := startController(t, ctlBin, "127.0.0.1:0")
+	nodeAddr, apiAddr, key, rootCA := ctl.nodeAddr, ctl.apiAddr, ctl.key, ctl.rootCA
+	base, hc, auth := "https://"+apiAddr, proctest.APIClient(), proctest.Bearer(key)
 	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
 	relays := cloudvlanv1connect.NewRelayServiceClient(hc, base, auth)
 	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
@@ -95,10 +91,10 @@ func TestSystem(t *testing.T) {
 	relayState := filepath.Join(t.TempDir(), "relay")
 	relayArgs := []string{"up", "--controller", "https://" + nodeAddr, "--controller-ca", rootCA, "--state-dir", relayState,
 		"--listen", relayAddr, "--stun-listen", "127.0.0.1:0", "--admin-listen", ""}
-	rp := start(t, "relay", relayBin, append(relayArgs, "--token", rt.Msg.GetSecret())...)
+	rp := proctest.Start(t, "relay", relayBin, append(relayArgs, "--token", rt.Msg.GetSecret())...)
 	var lastSeen time.Time
 	online := func(after time.Time) error {
-		return eventually(30*time.Second, func() error {
+		return proctest.Eventually(30*time.Second, func() error {
 			r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
 			if err != nil {
 				return err
@@ -115,8 +111,8 @@ func TestSystem(t *testing.T) {
 		t.Fatalf("step 2 relay ONLINE with stats via GetRelay: %v", err)
 	}
 	// A restart reuses the saved identity: no token (it was single-use anyway).
-	rp.stop()
-	start(t, "relay (restarted)", relayBin, relayArgs...)
+	rp.Stop()
+	proctest.Start(t, "relay (restarted)", relayBin, relayArgs...)
 	if err := online(lastSeen); err != nil {
 		t.Fatalf("step 2 relay restarted from its state dir reports again: %v", err)
 	}
@@ -144,7 +140,7 @@ func TestSystem(t *testing.T) {
 		t.Fatalf("step 3 CreatePolicy: %v", err)
 	}
 	type agent struct {
-		p     *proc
+		p     *proctest.Proc
 		dir   string
 		socks string
 	}
@@ -157,13 +153,13 @@ func TestSystem(t *testing.T) {
 			t.Fatalf("step 3 CreateJoinToken(node): %v", err)
 		}
 		dir := filepath.Join(t.TempDir(), "agent")
-		p := start(t, fmt.Sprintf("agent-%d", i), agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
+		p := proctest.Start(t, fmt.Sprintf("agent-%d", i), agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
 			"--controller-ca", rootCA, "--state-dir", dir, "--netstack", "--socks5", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 			"--listen-ip", "127.0.0.1", "--name", fmt.Sprintf("n%d", i))
-		socks := p.waitFor(t, socksRE, time.Minute)[1]
+		socks := p.WaitFor(t, socksRE, time.Minute)[1]
 		agents = append(agents, agent{p, dir, socks})
 	}
-	err = eventually(60*time.Second, func() error {
+	err = proctest.Eventually(60*time.Second, func() error {
 		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
@@ -196,7 +192,7 @@ func TestSystem(t *testing.T) {
 		}
 		return s, json.Unmarshal(b, &s)
 	}
-	err = eventually(30*time.Second, func() error {
+	err = proctest.Eventually(30*time.Second, func() error {
 		for i, a := range agents {
 			s, err := status(a)
 			if err != nil {
@@ -227,7 +223,7 @@ func TestSystem(t *testing.T) {
 					}
 					target, _, _ = strings.Cut(p.Addresses[0], "/")
 				}
-				if err := eventually(20*time.Second, func() error { return reach(a, target, 3*time.Second) }); err != nil {
+				if err := proctest.Eventually(20*time.Second, func() error { return reach(a, target, 3*time.Second) }); err != nil {
 					t.Fatalf("%s: agent %d cannot reach %s: %v", step, i, target, err)
 				}
 			}
@@ -240,7 +236,7 @@ func TestSystem(t *testing.T) {
 
 	// Step 5: the relay is in the agents' relay map (the relay URL is in the map the agent keeps).
 	relayURL := "https://" + relayAddr + "/relay"
-	if err := eventually(10*time.Second, func() error {
+	if err := proctest.Eventually(10*time.Second, func() error {
 		for i, a := range agents {
 			found := false
 			filepath.WalkDir(a.dir, func(path string, d os.DirEntry, err error) error {
@@ -287,7 +283,7 @@ func TestSystem(t *testing.T) {
 		t.Fatalf("step 6 UpdatePolicy: %v", err)
 	}
 	p = upd.Msg.GetPolicy()
-	if err := eventually(time.Second, func() error {
+	if err := proctest.Eventually(time.Second, func() error {
 		if reach(agents[0], fqdn2, 300*time.Millisecond) == nil {
 			return errors.New("still reachable")
 		}
@@ -304,7 +300,7 @@ func TestSystem(t *testing.T) {
 	checkAll("step 6 restored")
 
 	// Step 7: the controller killed (SIGKILL), traffic keeps flowing.
-	ctl.kill()
+	ctl.Kill()
 	time.Sleep(2 * time.Second)
 	checkAll("step 7 after the controller was killed")
 	t.Log("step 7 passed: traffic flows without the controller")

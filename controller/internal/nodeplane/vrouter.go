@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/cloudvlan/cloudvlan/controller/identity"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
@@ -68,31 +67,11 @@ func (s vrouterService) WatchVRouterConfig(ctx context.Context, req *connect.Req
 	if err := p.validate.Validate(req.Msg); err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	var last *vrouterv1.WatchVRouterConfigResponse
-	for {
-		wake := p.configChanged()
-		cfg, err := p.vrouterConfig(ctx, c.ID.ResourceID)
-		if store.IsNotFound(err) {
-			return unauthenticated("vrouter %s was deleted", c.ID.ResourceID)
-		}
-		if err != nil {
-			return toConnect(err)
-		}
-		// known_version lets a vrouter that already applied this version skip the first message.
-		if !proto.Equal(cfg, last) && !(last == nil && cfg.GetVersion() == req.Msg.GetKnownVersion()) {
-			if err := stream.Send(cfg); err != nil {
-				return err
-			}
-		}
-		last = cfg
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-p.closed:
-			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("controller shutting down"))
-		case <-wake:
-		}
+	// known_version lets a vrouter that already applied this version skip the first message.
+	known := func(cfg *vrouterv1.WatchVRouterConfigResponse) bool {
+		return cfg.GetVersion() == req.Msg.GetKnownVersion()
 	}
+	return followConfig(ctx, p, "vrouter", c.ID.ResourceID, p.vrouterConfig, known, stream.Send)
 }
 
 var connStates = map[vrouterv1.ConnectionState]string{

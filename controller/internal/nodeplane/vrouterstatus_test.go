@@ -2,6 +2,7 @@ package nodeplane
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -166,5 +167,26 @@ func TestVRouterReportKeepsEtag(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no configuration after an update")
+	}
+	// A vrouter that resumes with the current version as known_version gets nothing until the
+	// next change; one with an older version gets the configuration at once.
+	cur := uint64(0)
+	if _, err := fmt.Sscanf(r.Msg.GetVrouter().GetEtag(), "v%d", &cur); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		known uint64
+		want  bool
+	}{{cur, false}, {first.GetVersion(), true}} {
+		wctx, wcancel := context.WithTimeout(ctx, time.Second)
+		s, err := control.WatchVRouterConfig(wctx, &vrouterv1.WatchVRouterConfigRequest{KnownVersion: tt.known})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := s.Recv()
+		wcancel()
+		if got := err == nil; got != tt.want || (got && cfg.GetVersion() != cur) {
+			t.Fatalf("known_version %d: config %v, err %v; want a config: %v", tt.known, cfg, err, tt.want)
+		}
 	}
 }

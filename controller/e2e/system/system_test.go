@@ -62,7 +62,7 @@ func TestSystem(t *testing.T) {
 	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
 
 	// Step 1: a tenant, a region, the tenant's own relay and a relay join token, through the API.
-	// (A shared relay's token cannot enroll yet: the node plane looks up the token's empty tenant.)
+	// (Shared relays, of no tenant, enroll too: nodeplane TestSharedRelayEnrollment.)
 	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "acme"}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateTenant: %v", err)

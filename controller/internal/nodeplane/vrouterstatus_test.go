@@ -15,6 +15,7 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/auth"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 	vrouterv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/vrouter/v1"
@@ -43,13 +44,7 @@ func apiVRouters(t *testing.T, e *env) cloudvlanv1connect.VRouterServiceClient {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); a.Close() })
-	bearer := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+key)
-			return next(ctx, req)
-		}
-	})
-	return cloudvlanv1connect.NewVRouterServiceClient(srv.Client(), srv.URL, connect.WithInterceptors(bearer))
+	return cloudvlanv1connect.NewVRouterServiceClient(srv.Client(), srv.URL, proctest.Bearer(key))
 }
 
 // TestVRouterReportKeepsEtag: a connection status report changes what the API shows but not the

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cloudvlan/cloudvlan/controller/proctest"
+	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 // builtBinary returns bin/<name> as built by `make build`, or fails with what to run.
@@ -49,6 +50,31 @@ func startController(t *testing.T, bin, nodeListen string, extraArgs ...string) 
 		apiAddr:  p.WaitFor(t, apiRE, time.Minute)[1],
 		key:      p.WaitFor(t, bootstrapRE, 30*time.Second)[1],
 		rootCA:   filepath.Join(dataDir, "ca", "root_ca.crt"),
+	}
+}
+
+// clients are the API clients the system tests use, as the bootstrap super_admin.
+type clients struct {
+	regions  cloudvlanv1connect.RegionServiceClient
+	relays   cloudvlanv1connect.RelayServiceClient
+	tokens   cloudvlanv1connect.JoinTokenServiceClient
+	tenants  cloudvlanv1connect.TenantServiceClient
+	cvlans   cloudvlanv1connect.CvlanServiceClient
+	policies cloudvlanv1connect.PolicyServiceClient
+	nodes    cloudvlanv1connect.NodeServiceClient
+}
+
+// api returns clients of c's API port with its bootstrap admin key.
+func (c *controller) api() clients {
+	base, hc, auth := "https://"+c.apiAddr, proctest.APIClient(), proctest.Bearer(c.key)
+	return clients{
+		regions:  cloudvlanv1connect.NewRegionServiceClient(hc, base, auth),
+		relays:   cloudvlanv1connect.NewRelayServiceClient(hc, base, auth),
+		tokens:   cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth),
+		tenants:  cloudvlanv1connect.NewTenantServiceClient(hc, base, auth),
+		cvlans:   cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth),
+		policies: cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth),
+		nodes:    cloudvlanv1connect.NewNodeServiceClient(hc, base, auth),
 	}
 }
 

@@ -17,7 +17,6 @@ import (
 
 	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
-	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 // run runs a command and fails the test with its output when it fails.
@@ -116,32 +115,26 @@ func TestInteropStockWireGuard(t *testing.T) {
 	// is bound to the root end of the veth, so the endpoint it reports is reachable from the
 	// namespace.
 	ctl := startController(t, ctlBin, "127.0.0.1:0")
-	nodeAddr, apiAddr, key, rootCA := ctl.nodeAddr, ctl.apiAddr, ctl.key, ctl.rootCA
-	base, hc, auth := "https://"+apiAddr, proctest.APIClient(), proctest.Bearer(key)
-	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
-	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
-	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
-	policies := cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth)
-	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
+	nodeAddr, rootCA, api := ctl.nodeAddr, ctl.rootCA, ctl.api()
 
-	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "interop"}}))
+	tn, err := api.tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "interop"}}))
 	if err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
 	tid := tn.Msg.GetTenant().GetId()
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "lab", DnsDomain: "interop.test"}}))
+	cv, err := api.cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "lab", DnsDomain: "interop.test"}}))
 	if err != nil {
 		t.Fatalf("CreateCvlan: %v", err)
 	}
 	cvID := cv.Msg.GetCvlan().GetId()
 	anyT := []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Any{Any: true}}}
-	if _, err := policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
+	if _, err := api.policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
 		Name: "all", Enabled: true, CvlanId: cvID, Rules: []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW,
 			Protocol: v1.Protocol_PROTOCOL_ANY, Sources: anyT, Destinations: anyT}},
 	}})); err != nil {
 		t.Fatalf("CreatePolicy: %v", err)
 	}
-	jt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+	jt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 		Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cvID,
 	}}))
 	if err != nil {
@@ -156,7 +149,7 @@ func TestInteropStockWireGuard(t *testing.T) {
 	// created: the exported config's Endpoint line is the node's first reported endpoint.
 	var agentNode *v1.Node
 	if err := proctest.Eventually(60*time.Second, func() error {
-		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
+		r, err := api.nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
 		}
@@ -181,7 +174,7 @@ func TestInteropStockWireGuard(t *testing.T) {
 		t.Fatalf("agent overlay IPv4 %q: %v", agentNode.GetIpv4Address(), err)
 	}
 
-	sp, err := nodes.CreateStaticPeer(ctx, connect.NewRequest(&v1.CreateStaticPeerRequest{TenantId: tid, CvlanId: cvID, Name: "stock"}))
+	sp, err := api.nodes.CreateStaticPeer(ctx, connect.NewRequest(&v1.CreateStaticPeerRequest{TenantId: tid, CvlanId: cvID, Name: "stock"}))
 	if err != nil {
 		t.Fatalf("CreateStaticPeer: %v", err)
 	}

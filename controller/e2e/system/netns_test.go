@@ -18,7 +18,6 @@ import (
 
 	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
-	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 // netnsHelperEnv makes the re-executed test binary run a small network program (TestNetNSHelperProcess)
@@ -135,22 +134,14 @@ func TestNetNSRealController(t *testing.T) {
 
 	// Controller: API on loopback (for the test), node port on the bridge.
 	ctl := startController(t, ctlBin, "10.202.0.1:0", "--server-name", "10.202.0.1")
-	nodeAddr, apiAddr, key, rootCA := ctl.nodeAddr, ctl.apiAddr, ctl.key, ctl.rootCA
-	base, hc, auth := "https://"+apiAddr, proctest.APIClient(), proctest.Bearer(key)
-	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
-	relays := cloudvlanv1connect.NewRelayServiceClient(hc, base, auth)
-	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
-	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
-	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
-	policies := cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth)
-	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
+	nodeAddr, rootCA, api := ctl.nodeAddr, ctl.rootCA, ctl.api()
 
-	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "netns"}}))
+	tn, err := api.tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "netns"}}))
 	if err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
 	tid := tn.Msg.GetTenant().GetId()
-	rg, err := regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
+	rg, err := api.regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
 	if err != nil {
 		t.Fatalf("CreateRegion: %v", err)
 	}
@@ -160,14 +151,14 @@ func TestNetNSRealController(t *testing.T) {
 	}
 	relayAddr := ln.Addr().String()
 	ln.Close()
-	rl, err := relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
+	rl, err := api.relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
 		Name: "relay-1", RegionId: rg.Msg.GetRegion().GetId(), Addresses: []string{relayAddr},
 	}}))
 	if err != nil {
 		t.Fatalf("CreateRelay: %v", err)
 	}
 	relayID := rl.Msg.GetRelay().GetId()
-	rt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+	rt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 		Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_RELAY, TargetId: relayID,
 	}}))
 	if err != nil {
@@ -177,7 +168,7 @@ func TestNetNSRealController(t *testing.T) {
 		filepath.Join(t.TempDir(), "relay"), "--listen", relayAddr, "--stun-listen", "10.202.0.1:0", "--admin-listen", "",
 		"--token", rt.Msg.GetSecret())
 	if err := proctest.Eventually(30*time.Second, func() error {
-		r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
+		r, err := api.relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
 		if err != nil {
 			return err
 		}
@@ -189,13 +180,13 @@ func TestNetNSRealController(t *testing.T) {
 		t.Fatalf("relay ONLINE: %v", err)
 	}
 
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "netns.test"}}))
+	cv, err := api.cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "netns.test"}}))
 	if err != nil {
 		t.Fatalf("CreateCvlan: %v", err)
 	}
 	cvID := cv.Msg.GetCvlan().GetId()
 	anyT := []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Any{Any: true}}}
-	if _, err := policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
+	if _, err := api.policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
 		Name: "all", Enabled: true, CvlanId: cvID, Rules: []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW,
 			Protocol: v1.Protocol_PROTOCOL_ANY, Sources: anyT, Destinations: anyT}},
 	}})); err != nil {
@@ -219,7 +210,7 @@ func TestNetNSRealController(t *testing.T) {
 	// Three TUN-mode agents, one per namespace, and a TCP echo server in each.
 	var dirs []string
 	for i, ns := range nss {
-		jt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+		jt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 			Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cvID,
 		}}))
 		if err != nil {
@@ -242,7 +233,7 @@ func TestNetNSRealController(t *testing.T) {
 
 	// Step 1: all three agents ONLINE through the API.
 	if err := proctest.Eventually(90*time.Second, func() error {
-		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
+		r, err := api.nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
 		}

@@ -20,7 +20,6 @@ import (
 
 	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
-	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 var (
@@ -51,36 +50,28 @@ func TestSystem(t *testing.T) {
 	defer cancel()
 
 	ctl := startController(t, ctlBin, "127.0.0.1:0")
-	nodeAddr, apiAddr, key, rootCA := ctl.nodeAddr, ctl.apiAddr, ctl.key, ctl.rootCA
-	base, hc, auth := "https://"+apiAddr, proctest.APIClient(), proctest.Bearer(key)
-	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
-	relays := cloudvlanv1connect.NewRelayServiceClient(hc, base, auth)
-	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
-	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
-	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
-	policies := cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth)
-	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
+	nodeAddr, rootCA, api := ctl.nodeAddr, ctl.rootCA, ctl.api()
 
 	// Step 1: a tenant, a region, the tenant's own relay and a relay join token, through the API.
 	// (Shared relays, of no tenant, enroll too: nodeplane TestSharedRelayEnrollment.)
-	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "acme"}}))
+	tn, err := api.tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "acme"}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateTenant: %v", err)
 	}
 	tid := tn.Msg.GetTenant().GetId()
-	rg, err := regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
+	rg, err := api.regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateRegion: %v", err)
 	}
 	relayAddr := freePort(t)
-	rl, err := relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
+	rl, err := api.relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
 		Name: "relay-1", RegionId: rg.Msg.GetRegion().GetId(), Addresses: []string{relayAddr},
 	}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateRelay: %v", err)
 	}
 	relayID := rl.Msg.GetRelay().GetId()
-	rt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+	rt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 		Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_RELAY, TargetId: relayID,
 	}}))
 	if err != nil {
@@ -95,7 +86,7 @@ func TestSystem(t *testing.T) {
 	var lastSeen time.Time
 	online := func(after time.Time) error {
 		return proctest.Eventually(30*time.Second, func() error {
-			r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
+			r, err := api.relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
 			if err != nil {
 				return err
 			}
@@ -126,13 +117,13 @@ func TestSystem(t *testing.T) {
 	// Step 3: a cvlan with an allow-all policy, and three agents in netstack mode.
 	// The DNS domain is set because a fresh tenant has none, and without a domain the controller
 	// gives nodes no names at all (netmap's fqdn is empty), so mesh DNS could not be tested.
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "acme.test"}}))
+	cv, err := api.cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "acme.test"}}))
 	if err != nil {
 		t.Fatalf("step 3 CreateCvlan: %v", err)
 	}
 	cvID := cv.Msg.GetCvlan().GetId()
 	any := []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Any{Any: true}}}
-	pol, err := policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
+	pol, err := api.policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
 		Name: "all", Enabled: true, CvlanId: cvID, Rules: []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW,
 			Protocol: v1.Protocol_PROTOCOL_ANY, Sources: any, Destinations: any}},
 	}}))
@@ -146,7 +137,7 @@ func TestSystem(t *testing.T) {
 	}
 	var agents []agent
 	for i := range 3 {
-		jt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+		jt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 			Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cvID,
 		}}))
 		if err != nil {
@@ -160,7 +151,7 @@ func TestSystem(t *testing.T) {
 		agents = append(agents, agent{p, dir, socks})
 	}
 	err = proctest.Eventually(60*time.Second, func() error {
-		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
+		r, err := api.nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
 		}
@@ -278,7 +269,7 @@ func TestSystem(t *testing.T) {
 	p := pol.Msg.GetPolicy()
 	p.Rules = []*v1.PolicyRule{{Name: "no-n2", Action: v1.PolicyAction_POLICY_ACTION_ALLOW, Protocol: v1.Protocol_PROTOCOL_ANY, Sources: others, Destinations: others}}
 	cutAt := time.Now()
-	upd, err := policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}}))
+	upd, err := api.policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}}))
 	if err != nil {
 		t.Fatalf("step 6 UpdatePolicy: %v", err)
 	}
@@ -294,7 +285,7 @@ func TestSystem(t *testing.T) {
 		t.Logf("step 6 passed: cut observed after %v", time.Since(cutAt))
 	}
 	p.Rules = []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW, Protocol: v1.Protocol_PROTOCOL_ANY, Sources: any, Destinations: any}}
-	if _, err := policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}})); err != nil {
+	if _, err := api.policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}})); err != nil {
 		t.Fatalf("step 6 UpdatePolicy (restore): %v", err)
 	}
 	checkAll("step 6 restored")

@@ -88,10 +88,10 @@ test-e2e-ui: build
 	cd ui && CLOUDVLAN_BIN=$(BIN) npm run e2e
 
 ## test-fuzz: run each fuzz target briefly.
-FUZZ_TARGETS ?= ./relay/frame:FuzzReadFrame
+FUZZ_TARGETS ?= ./relay/frame:FuzzReadFrame ./controller/internal/leanh2:FuzzServeConn
 test-fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
-	  echo "fuzz $$fn in $$pkg"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 10s $$pkg; done
+	  echo "fuzz $$fn in $$pkg"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime 10s -fuzzminimizetime 0 $$pkg; done
 
 ## run: the controller with embedded defaults (SQLite and CA in ./data), API and UI on https://localhost:8443.
 run: build

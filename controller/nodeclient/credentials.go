@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"time"
+
+	"github.com/cloudvlan/cloudvlan/controller/identity"
 )
 
 // Credentials hold the current certificate. They are the relay
@@ -58,6 +60,8 @@ func (c *Credentials) NotAfter() time.Time { return c.cert.Load().Leaf.NotAfter 
 func (c *Credentials) clientTLS(serverName string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13, RootCAs: c.roots, ServerName: serverName,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.cert.Load(), nil },
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return identity.ClientCertificate(cri, c.cert.Load()), nil
+		},
 	}
 }

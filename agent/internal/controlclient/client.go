@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cloudvlan/cloudvlan/agent/internal/state"
+	"github.com/cloudvlan/cloudvlan/controller/identity"
 	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
@@ -127,7 +128,9 @@ func New(cfg Config) (*Client, error) {
 		RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS13,
 		// Every new connection asks for the current certificate, so a renewal takes effect on the next
 		// connection without touching the streams already open.
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.cert.Load(), nil },
+		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return identity.ClientCertificate(cri, c.cert.Load()), nil
+		},
 	}
 	c.cc, err = grpc.NewClient(cfg.Target,
 		grpc.WithTransportCredentials(credentials.NewTLS(tc)),

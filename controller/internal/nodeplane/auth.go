@@ -34,8 +34,7 @@ type connInfoKey struct{}
 func withConnInfo(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ci := &connInfo{tls: r.TLS, w: w, addr: r.RemoteAddr}
-		// One frame for both wrappers: see WatchNetworkMap on the depth of parked handler stacks.
-		next.ServeHTTP(newChunkedWriter(w), r.WithContext(context.WithValue(r.Context(), connInfoKey{}, ci)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), connInfoKey{}, ci)))
 	})
 }
 

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"sync/atomic"
@@ -20,13 +19,13 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/auth"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
+	"github.com/cloudvlan/cloudvlan/controller/internal/server"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store/pgtest"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store/sqlite"
@@ -64,8 +63,9 @@ type env struct {
 	cvlan  *domain.Cvlan
 	root   *x509.CertPool
 	cancel context.CancelFunc
-	srv    *http.Server
 	done   chan struct{}
+	// stopServe closes the node port and waits for it.
+	stopServe func()
 }
 
 type envOpt func(*Deps)
@@ -129,16 +129,23 @@ func startEnv(t testing.TB, st store.Store, ca pki.Authority, ten *domain.Tenant
 	}
 	e := &env{t: t, st: st, ca: ca, p: p, tenant: ten, cvlan: cv, root: ca.Roots(), cancel: cancel, done: make(chan struct{})}
 	go func() { defer close(e.done); _ = p.Run(ctx) }()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The node port is served as cvlan-controller serves it (server.Serve with its HTTP/2 server).
+	sctx, stopServe := context.WithCancel(ctx)
+	served, addrs := make(chan struct{}), make(chan map[string]net.Addr, 1)
+	go func() {
+		defer close(served)
+		_ = server.Serve(sctx, quiet(), []server.Listener{{Name: "node", Addr: "127.0.0.1:0", TLS: p.TLSConfig(), Handler: p.Handler(), HTTP2: server.NodeHTTP2()}},
+			func(m map[string]net.Addr) { addrs <- m })
+	}()
+	select {
+	case m := <-addrs:
+		e.addr = m["node"].String()
+	case <-served:
+		stopServe()
+		cancel()
+		t.Fatal("node port did not start")
 	}
-	e.addr = ln.Addr().String()
-	e.srv = &http.Server{Handler: p.Handler(), TLSConfig: p.TLSConfig(), ErrorLog: slog.NewLogLogger(quiet().Handler(), slog.LevelDebug)}
-	if err := http2.ConfigureServer(e.srv, &http2.Server{}); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = e.srv.Serve(tls.NewListener(ln, e.srv.TLSConfig)) }()
+	e.stopServe = func() { stopServe(); <-served }
 	t.Cleanup(e.stop)
 	return e
 }
@@ -150,7 +157,7 @@ func (e *env) stop() {
 	default:
 	}
 	_ = e.p.Close()
-	_ = e.srv.Close()
+	e.stopServe()
 	e.cancel()
 	<-e.done
 }

@@ -136,6 +136,9 @@ func (e *Embedded) Roots() *x509.CertPool {
 	return p
 }
 
+// Intermediates returns the intermediate that signs every certificate.
+func (e *Embedded) Intermediates() []*x509.Certificate { return []*x509.Certificate{e.ca.intermediate} }
+
 // RootPEM returns the root certificate in PEM.
 func (e *Embedded) RootPEM() []byte { return append([]byte(nil), e.rootPEM...) }
 

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/smallstep/certificates/api"
@@ -58,6 +59,9 @@ type External struct {
 	audience  string
 	rootFP    string
 	roots     []*x509.Certificate
+
+	mu    sync.Mutex
+	inter []*x509.Certificate // intermediates seen in issued chains
 }
 
 var _ Authority = (*External)(nil)
@@ -278,7 +282,26 @@ func (e *External) sign(ctx context.Context, csr *x509.CertificateRequest, spec 
 	if err := checkIssued(chain, spec, e.Roots()); err != nil {
 		return Chain{}, fmt.Errorf("%w: issued certificate refused (check the provisioner template in docs/pki.md): %w", ErrExternalCA, err)
 	}
+	e.learn(chain.Intermediates)
 	return chain, nil
+}
+
+// learn remembers the intermediates of a verified chain.
+func (e *External) learn(certs []*x509.Certificate) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, c := range certs {
+		if !slices.ContainsFunc(e.inter, c.Equal) {
+			e.inter = append(e.inter, c)
+		}
+	}
+}
+
+// Intermediates returns the intermediates seen in the chains the CA issued so far.
+func (e *External) Intermediates() []*x509.Certificate {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.inter)
 }
 
 // csrNamesMatch enforces ahead of time what the remote JWK provisioner

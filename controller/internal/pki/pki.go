@@ -49,6 +49,10 @@ type Authority interface {
 	// Roots returns a new pool with the root certificates leaf chains verify
 	// against; callers may keep it.
 	Roots() *x509.CertPool
+	// Intermediates returns the issuing CA certificates known so far (the embedded CA's own; for
+	// an external CA those of the certificates it issued, the controller's serving certificate
+	// first). The node port trusts them as issuers so that nodes may present their leaf alone.
+	Intermediates() []*x509.Certificate
 	// RootPEM returns the PEM-encoded root certificates handed to nodes.
 	RootPEM() []byte
 	// TrustDomain returns the SPIFFE trust domain of issued identities.

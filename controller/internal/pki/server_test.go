@@ -17,6 +17,16 @@ import (
 // and returns the server's view of the client, or the handshake error.
 func handshake(t *testing.T, srvCfg *tls.Config, roots *x509.CertPool, clientCert *tls.Certificate) (*tls.ConnectionState, error) {
 	t.Helper()
+	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}}
+	if clientCert != nil {
+		cfg.Certificates = []tls.Certificate{*clientCert}
+	}
+	return handshakeConfig(t, srvCfg, cfg)
+}
+
+// handshakeConfig is handshake with the client's whole configuration.
+func handshakeConfig(t *testing.T, srvCfg, cfg *tls.Config) (*tls.ConnectionState, error) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -47,10 +57,6 @@ func handshake(t *testing.T, srvCfg *tls.Config, roots *x509.CertPool, clientCer
 		cs := tc.ConnectionState()
 		done <- result{cs: &cs, err: err}
 	}()
-	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{"h2"}}
-	if clientCert != nil {
-		cfg.Certificates = []tls.Certificate{*clientCert}
-	}
 	conn, err := tls.Dial("tcp", ln.Addr().String(), cfg)
 	if err == nil {
 		_, err = conn.Write([]byte{1})
@@ -125,6 +131,41 @@ func TestNodePortTLS(t *testing.T) {
 	t.Run("client trusts the controller through the node root", func(t *testing.T) {
 		if _, err := handshake(t, cfg, other.Roots(), nil); err == nil {
 			t.Fatal("client accepted a server certificate from another CA")
+		}
+	})
+	t.Run("a node presenting its leaf alone is accepted", func(t *testing.T) {
+		cert := nodeCert(t, e, time.Hour)
+		cert.Leaf = leafChain(t, cert)[0]
+		tests := []struct {
+			name      string
+			clientCAs *x509.CertPool
+			sent      int
+		}{
+			{"node port names the intermediate: leaf only", cfg.ClientCAs, 1},
+			{"a server trusting the root only gets the chain", e.Roots(), 2},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				srv := cfg.Clone()
+				srv.ClientCAs = tt.clientCAs
+				sent := 0
+				cli := &tls.Config{RootCAs: e.Roots(), ServerName: "localhost", NextProtos: []string{"h2"},
+					GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+						c := identity.ClientCertificate(cri, cert)
+						sent = len(c.Certificate)
+						return c, nil
+					}}
+				cs, err := handshakeConfig(t, srv, cli)
+				if err != nil {
+					t.Fatalf("handshake: %v", err)
+				}
+				if sent != tt.sent || len(cs.PeerCertificates) != tt.sent {
+					t.Fatalf("sent %d certificates, server kept %d, want %d", sent, len(cs.PeerCertificates), tt.sent)
+				}
+				if _, err := v.VerifyConnection(cs); err != nil {
+					t.Fatalf("VerifyConnection: %v", err)
+				}
+			})
 		}
 	})
 	t.Run("server certificate", func(t *testing.T) {

@@ -63,9 +63,10 @@ func (p Peer) RenewRequest(csr *x509.CertificateRequest, ttl time.Duration) Sign
 // chain once, but a stream may outlive its certificate, and identity checks
 // (trust domain, SAN shape) are ours, not crypto/tls's.
 type Verifier struct {
-	roots       *x509.CertPool
-	trustDomain string
-	now         func() time.Time
+	roots         *x509.CertPool
+	intermediates func() []*x509.Certificate // known issuers a chain may omit; nil: none
+	trustDomain   string
+	now           func() time.Time
 }
 
 // NewVerifier returns a Verifier for certificates chaining to roots and
@@ -74,8 +75,13 @@ func NewVerifier(roots *x509.CertPool, trustDomain string) *Verifier {
 	return &Verifier{roots: roots, trustDomain: trustDomain, now: time.Now}
 }
 
-// VerifierFor returns the Verifier for an Authority's certificates.
-func VerifierFor(a Authority) *Verifier { return NewVerifier(a.Roots(), a.TrustDomain()) }
+// VerifierFor returns the Verifier for an Authority's certificates. Chains
+// may omit the authority's intermediates.
+func VerifierFor(a Authority) *Verifier {
+	v := NewVerifier(a.Roots(), a.TrustDomain())
+	v.intermediates = a.Intermediates
+	return v
+}
 
 // VerifyChain verifies a presented chain (leaf first, as in
 // tls.ConnectionState.PeerCertificates) at the current time and returns the
@@ -93,6 +99,11 @@ func (v *Verifier) VerifyChain(chain []*x509.Certificate) (Peer, error) {
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 	}
 	inter := x509.NewCertPool()
+	if v.intermediates != nil {
+		for _, c := range v.intermediates() {
+			inter.AddCert(c)
+		}
+	}
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}

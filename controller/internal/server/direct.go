@@ -11,38 +11,38 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/leanh2"
 )
 
 // handshakeTimeout bounds a TLS handshake on a direct listener (net/http's ReadHeaderTimeout plays
 // that role elsewhere).
 const handshakeTimeout = 10 * time.Second
 
-// NodeHTTP2 is the HTTP/2 configuration of the node port: every agent holds one connection with one
-// long-lived stream, so what each connection keeps matters more than throughput.
-func NodeHTTP2() *http2.Server {
-	return &http2.Server{
+// NodeHTTP2 is the HTTP/2 server of the node port: every agent holds one connection with one
+// long-lived stream, so what each connection keeps matters more than throughput (ADR 010).
+func NodeHTTP2() *leanh2.Server {
+	return &leanh2.Server{
 		// The largest frame a client may send; the read buffer grows to the largest frame received
-		// and stays that size for the connection's life (the default allows 1 MiB).
+		// and stays that size for the connection's life.
 		MaxReadFrameSize: 16 << 10,
-		// Agents make a handful of calls per connection: small header tables suffice.
-		MaxDecoderHeaderTableSize: 1 << 10,
-		MaxEncoderHeaderTableSize: 1 << 10,
-		MaxConcurrentStreams:      100,
+		// Agents make a handful of calls per connection: a small header table suffices.
+		HeaderTableSize:      1 << 10,
+		MaxConcurrentStreams: 100,
 	}
 }
 
-// direct serves a TLS listener without net/http's per-connection layer for HTTP/2: each accepted
-// connection is handshaken and handed to http2.Server.ServeConn in its own goroutine. Served through
-// net/http instead, that goroutine runs beneath net/http's connection loop, whose frames push the
-// parked stack past the runtime's shrink threshold: 16 KiB per connection instead of 8 KiB. Clients
-// that do not negotiate h2 are passed to a plain http.Server (HTTP/1.1).
+// direct serves a TLS listener with a leanh2 server for HTTP/2: each accepted connection is
+// handshaken and handed to leanh2.Server.ServeConn in its own goroutine, which is then the
+// connection's only goroutine besides its handlers. Clients that do not negotiate h2 are passed to a
+// plain http.Server (HTTP/1.1).
 type direct struct {
 	log     *slog.Logger
 	ctx     context.Context
 	tls     *tls.Config
 	handler http.Handler
-	h1      *http.Server // HTTP/1.1 fallback; also the HTTP/2 server's base configuration
-	h2      *http2.Server
+	h1      *http.Server // HTTP/1.1 fallback
+	h2      *leanh2.Server
 	h1ln    *connQueue
 
 	mu     sync.Mutex
@@ -51,15 +51,11 @@ type direct struct {
 	wg     sync.WaitGroup
 }
 
-func newDirect(ctx context.Context, log *slog.Logger, srv *http.Server, cfg *tls.Config, h2 *http2.Server, addr net.Addr) (*direct, error) {
-	d := &direct{log: log, ctx: ctx, tls: cfg, handler: srv.Handler, h1: srv, h2: h2, conns: map[net.Conn]struct{}{}}
-	// ConfigureServer ties the HTTP/2 server to srv: srv.Shutdown then sends GOAWAY on every
-	// HTTP/2 connection, also on those served through ServeConn.
-	if err := http2.ConfigureServer(srv, h2); err != nil {
-		return nil, err
+func newDirect(ctx context.Context, log *slog.Logger, srv *http.Server, cfg *tls.Config, h2 *leanh2.Server, addr net.Addr) *direct {
+	if h2.Log == nil {
+		h2.Log = log
 	}
-	d.h1ln = newConnQueue(addr)
-	return d, nil
+	return &direct{log: log, ctx: ctx, tls: cfg, handler: srv.Handler, h1: srv, h2: h2, conns: map[net.Conn]struct{}{}, h1ln: newConnQueue(addr)}
 }
 
 // serve accepts until ln is closed.
@@ -115,7 +111,7 @@ func (d *direct) handle(c net.Conn) {
 		handedOff = d.h1ln.push(tc)
 		return
 	}
-	d.h2.ServeConn(tc, &http2.ServeConnOpts{Context: d.ctx, BaseConfig: d.h1, Handler: d.handler})
+	_ = d.h2.ServeConn(d.ctx, tc, d.handler)
 }
 
 func (d *direct) track(c net.Conn) bool {
@@ -151,7 +147,7 @@ func (d *direct) shutdown(ctx context.Context, ln net.Listener) error {
 	d.closed = true
 	d.mu.Unlock()
 	_ = ln.Close()
-	err := d.h1.Shutdown(ctx) // GOAWAY to the HTTP/2 connections, graceful HTTP/1.1
+	err := errors.Join(d.h2.Shutdown(ctx), d.h1.Shutdown(ctx)) // GOAWAY on HTTP/2, graceful HTTP/1.1
 	done := make(chan struct{})
 	go func() { d.wg.Wait(); close(done) }()
 	select {
@@ -167,6 +163,7 @@ func (d *direct) shutdown(ctx context.Context, ln net.Listener) error {
 
 // close closes every connection at once.
 func (d *direct) close() {
+	d.h2.Close()
 	_ = d.h1.Close()
 	d.mu.Lock()
 	d.closed = true

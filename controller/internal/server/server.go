@@ -15,6 +15,8 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 	"golang.org/x/net/http2"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/leanh2"
 )
 
 // Listener is one port the controller serves.
@@ -27,10 +29,9 @@ type Listener struct {
 	TLS *tls.Config
 	// Handler serves the port.
 	Handler http.Handler
-	// HTTP2, when set with TLS, configures HTTP/2 and serves each HTTP/2 connection straight on it,
-	// without net/http's per-connection layer (see NodeHTTP2; the node port). Clients that do not
-	// negotiate h2 still get HTTP/1.1.
-	HTTP2 *http2.Server
+	// HTTP2, when set with TLS, serves each HTTP/2 connection on this lean server instead of
+	// net/http's (see NodeHTTP2; the node port). Clients that do not negotiate h2 still get HTTP/1.1.
+	HTTP2 *leanh2.Server
 }
 
 // runner is one listener being served.
@@ -74,11 +75,7 @@ func Serve(ctx context.Context, log *slog.Logger, listeners []Listener, ready fu
 			cfg := l.TLS.Clone()
 			cfg.NextProtos = []string{http2.NextProtoTLS, "http/1.1"}
 			srv.TLSConfig = cfg
-			d, err := newDirect(ctx, log, srv, cfg, l.HTTP2, ln.Addr())
-			if err != nil {
-				_ = ln.Close()
-				return fail(fmt.Errorf("configure http2 for %s: %w", l.Name, err))
-			}
+			d := newDirect(ctx, log, srv, cfg, l.HTTP2, ln.Addr())
 			r.serve = func() error { return d.serve(ln) }
 			r.shutdown = func(ctx context.Context) error { return d.shutdown(ctx, ln) }
 			r.close = d.close

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cloudvlan/cloudvlan/controller/identity"
 	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
@@ -121,7 +122,9 @@ func runWorker(file string) error {
 		leaf, _ := x509.ParseCertificate(chain[0])
 		cert := &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
 		tc := &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13,
-			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }}
+			GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				return identity.ClientCertificate(cri, cert), nil
+			}}
 		cc, err := grpc.NewClient("passthrough:///"+in.Target,
 			grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }),

@@ -9,11 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 )
 
 // repoRoot is the repository root, two levels above this package.
@@ -45,26 +46,10 @@ func binary(t *testing.T, name string) string {
 // controllerProc is a running cvlan-controller.
 type controllerProc struct {
 	cmd   *exec.Cmd
+	mu    sync.Mutex        // guards addrs
 	addrs map[string]string // port name -> bound address
-	log   *syncBuffer
+	log   *proctest.Buffer
 	done  chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	sb strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.String()
 }
 
 var listeningRE = regexp.MustCompile(`msg=listening port=(\w+) addr=(\S+)`)
@@ -86,7 +71,7 @@ func startController(t *testing.T, extraArgs ...string) *controllerProc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start controller: %v", err)
 	}
-	p := &controllerProc{cmd: cmd, addrs: map[string]string{}, log: &syncBuffer{}, done: make(chan error, 1)}
+	p := &controllerProc{cmd: cmd, addrs: map[string]string{}, log: &proctest.Buffer{}, done: make(chan error, 1)}
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pr)
@@ -95,10 +80,10 @@ func startController(t *testing.T, extraArgs ...string) *controllerProc {
 			line := sc.Text()
 			p.log.Write([]byte(line + "\n"))
 			if m := listeningRE.FindStringSubmatch(line); m != nil && !closed {
-				p.log.mu.Lock()
+				p.mu.Lock()
 				p.addrs[m[1]] = m[2]
 				n := len(p.addrs)
-				p.log.mu.Unlock()
+				p.mu.Unlock()
 				if n == 3 {
 					close(ready)
 					closed = true
@@ -130,8 +115,8 @@ func startController(t *testing.T, extraArgs ...string) *controllerProc {
 
 // addr returns the bound address of a port.
 func (p *controllerProc) addr(name string) string {
-	p.log.mu.Lock()
-	defer p.log.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return p.addrs[name]
 }
 

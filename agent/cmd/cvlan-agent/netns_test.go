@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,8 @@ import (
 	"github.com/cloudvlan/cloudvlan/agent/internal/agent"
 	"github.com/cloudvlan/cloudvlan/agent/internal/testctl"
 	"github.com/cloudvlan/cloudvlan/agent/internal/testpki"
+
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 )
 
 // helper runs small network programs inside a namespace (the test binary re-executed under
@@ -249,10 +250,10 @@ func TestNetNamespaces(t *testing.T) {
 `), 0o600)
 	sh(t, "ip", "netns", "exec", nss[0], "nft", "-f", rules)
 
-	bg := func(ns string, env []string, args ...string) (*exec.Cmd, *syncBuffer) {
+	bg := func(ns string, env []string, args ...string) (*exec.Cmd, *proctest.Buffer) {
 		cmd := exec.Command("ip", append([]string{"netns", "exec", ns, os.Args[0]}, args...)...)
 		cmd.Env = append(os.Environ(), env...)
-		logs := &syncBuffer{}
+		logs := &proctest.Buffer{}
 		cmd.Stderr = logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -266,7 +267,7 @@ func TestNetNamespaces(t *testing.T) {
 		return cmd, logs
 	}
 	var dirs []string
-	var logs []*syncBuffer
+	var logs []*proctest.Buffer
 	for i, ns := range nss {
 		dir := filepath.Join(t.TempDir(), "state")
 		dirs = append(dirs, dir)
@@ -379,25 +380,7 @@ func TestNetNamespaces(t *testing.T) {
 	}
 }
 
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFile(t *testing.T, path string, logs *syncBuffer) {
+func waitFile(t *testing.T, path string, logs *proctest.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

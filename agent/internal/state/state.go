@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cloudvlan/cloudvlan/controller/atomicfile"
 	nodev1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/node/v1"
 )
 
@@ -75,29 +76,8 @@ type Enrollment struct {
 // write replaces a file atomically (temp file and rename) with mode 0600, so a crash never leaves a
 // half-written key behind.
 func (d *Dir) write(name string, data []byte) error {
-	f, err := os.CreateTemp(d.path, "."+name+".tmp*")
-	if err != nil {
-		return fmt.Errorf("state: write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return fmt.Errorf("state: chmod %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("state: write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("state: sync %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("state: close %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(d.path, name)); err != nil {
-		return fmt.Errorf("state: rename %s: %w", name, err)
+	if err := atomicfile.Write(filepath.Join(d.path, name), data, 0o600); err != nil {
+		return fmt.Errorf("state: %w", err)
 	}
 	return nil
 }

@@ -3,23 +3,14 @@
 package system
 
 import (
-	"bufio"
-	"context"
-	"crypto/tls"
-	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
+	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 // builtBinary returns bin/<name> as built by `make build`, or fails with what to run.
@@ -38,105 +29,53 @@ func builtBinary(t *testing.T, name string) string {
 	return ""
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	sb strings.Builder
+// controller is a started cvlan-controller and what its output told.
+type controller struct {
+	*proctest.Proc
+	nodeAddr, apiAddr, key, rootCA string
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.String()
-}
-
-// proc is a started binary whose combined output is kept.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan error
-	// ended is set by stop and kill (test goroutine only), so cleanup does not signal twice.
-	ended bool
-}
-
-// start runs a binary until the test ends (SIGTERM, then kill) and logs its output if the test failed.
-func start(t *testing.T, name, bin string, args ...string) *proc {
+// startController runs the controller binary with a fresh data directory, its node port on
+// nodeListen and the API and metrics ports on loopback, and waits for its addresses and the
+// bootstrap admin key.
+func startController(t *testing.T, bin, nodeListen string, extraArgs ...string) *controller {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, cmd: cmd, out: &syncBuffer{}, done: make(chan error, 1)}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			p.out.Write([]byte(sc.Text() + "\n"))
-		}
-	}()
-	go func() { p.done <- cmd.Wait(); pw.Close() }()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", name, p.out.String())
-		}
-	})
-	return p
-}
-
-// stop ends the process with SIGTERM (kill after 15 s); it is idempotent.
-func (p *proc) stop() {
-	if p.ended {
-		return
-	}
-	p.ended = true
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.done:
-		p.done <- err
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
+	dataDir := t.TempDir()
+	args := append([]string{"--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", nodeListen,
+		"--metrics-addr", "127.0.0.1:0"}, extraArgs...)
+	p := proctest.Start(t, "controller", bin, args...)
+	return &controller{
+		Proc:     p,
+		nodeAddr: p.WaitFor(t, listeningRE, time.Minute)[1],
+		apiAddr:  p.WaitFor(t, apiRE, time.Minute)[1],
+		key:      p.WaitFor(t, bootstrapRE, 30*time.Second)[1],
+		rootCA:   filepath.Join(dataDir, "ca", "root_ca.crt"),
 	}
 }
 
-// kill ends the process with SIGKILL, the way a crash would.
-func (p *proc) kill() {
-	if p.ended {
-		return
-	}
-	p.ended = true
-	_ = p.cmd.Process.Kill()
-	err := <-p.done
-	p.done <- err
+// clients are the API clients the system tests use, as the bootstrap super_admin.
+type clients struct {
+	regions  cloudvlanv1connect.RegionServiceClient
+	relays   cloudvlanv1connect.RelayServiceClient
+	tokens   cloudvlanv1connect.JoinTokenServiceClient
+	tenants  cloudvlanv1connect.TenantServiceClient
+	cvlans   cloudvlanv1connect.CvlanServiceClient
+	policies cloudvlanv1connect.PolicyServiceClient
+	nodes    cloudvlanv1connect.NodeServiceClient
 }
 
-// waitFor polls the output for re until timeout.
-func (p *proc) waitFor(t *testing.T, re *regexp.Regexp, timeout time.Duration) []string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if m := re.FindStringSubmatch(p.out.String()); m != nil {
-			return m
-		}
-		select {
-		case err := <-p.done:
-			p.done <- err
-			if m := re.FindStringSubmatch(p.out.String()); m != nil {
-				return m
-			}
-			t.Fatalf("%s exited (%v) before printing %q:\n%s", p.name, err, re, p.out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
+// api returns clients of c's API port with its bootstrap admin key.
+func (c *controller) api() clients {
+	base, hc, auth := "https://"+c.apiAddr, proctest.APIClient(), proctest.Bearer(c.key)
+	return clients{
+		regions:  cloudvlanv1connect.NewRegionServiceClient(hc, base, auth),
+		relays:   cloudvlanv1connect.NewRelayServiceClient(hc, base, auth),
+		tokens:   cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth),
+		tenants:  cloudvlanv1connect.NewTenantServiceClient(hc, base, auth),
+		cvlans:   cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth),
+		policies: cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth),
+		nodes:    cloudvlanv1connect.NewNodeServiceClient(hc, base, auth),
 	}
-	t.Fatalf("%s did not print %q within %v:\n%s", p.name, re, timeout, p.out.String())
-	return nil
 }
 
 // freePort returns a loopback TCP port that was free a moment ago (for addresses that must be
@@ -149,34 +88,4 @@ func freePort(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
-}
-
-// apiClient is an HTTP client for the API port. The test does not verify the API certificate:
-// the API port's certificate is not what this test is about, and it is loopback only.
-func apiClient() *http.Client {
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true,
-	}}
-}
-
-// bearer adds the API key to every call.
-func bearer(key string) connect.Option {
-	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+key)
-			return next(ctx, req)
-		}
-	}))
-}
-
-// eventually retries f until it returns nil or timeout passes; it returns the last error.
-func eventually(timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

@@ -15,8 +15,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
-	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 // run runs a command and fails the test with its output when it fails.
@@ -114,53 +114,42 @@ func TestInteropStockWireGuard(t *testing.T) {
 	// Controller, tenant, cvlan, allow-all policy, and one netstack agent whose WireGuard socket
 	// is bound to the root end of the veth, so the endpoint it reports is reachable from the
 	// namespace.
-	dataDir := t.TempDir()
-	ctl := start(t, "controller", ctlBin, "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "127.0.0.1:0",
-		"--metrics-addr", "127.0.0.1:0")
-	nodeAddr := ctl.waitFor(t, listeningRE, time.Minute)[1]
-	apiAddr := ctl.waitFor(t, apiRE, time.Minute)[1]
-	key := ctl.waitFor(t, bootstrapRE, 30*time.Second)[1]
-	rootCA := filepath.Join(dataDir, "ca", "root_ca.crt")
-	base, hc, auth := "https://"+apiAddr, apiClient(), bearer(key)
-	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
-	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
-	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
-	policies := cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth)
-	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
+	ctl := startController(t, ctlBin, "127.0.0.1:0")
+	nodeAddr, rootCA, api := ctl.nodeAddr, ctl.rootCA, ctl.api()
 
-	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "interop"}}))
+	tn, err := api.tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "interop"}}))
 	if err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
 	tid := tn.Msg.GetTenant().GetId()
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "lab", DnsDomain: "interop.test"}}))
+	cv, err := api.cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "lab", DnsDomain: "interop.test"}}))
 	if err != nil {
 		t.Fatalf("CreateCvlan: %v", err)
 	}
 	cvID := cv.Msg.GetCvlan().GetId()
 	anyT := []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Any{Any: true}}}
-	if _, err := policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
+	if _, err := api.policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
 		Name: "all", Enabled: true, CvlanId: cvID, Rules: []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW,
 			Protocol: v1.Protocol_PROTOCOL_ANY, Sources: anyT, Destinations: anyT}},
 	}})); err != nil {
 		t.Fatalf("CreatePolicy: %v", err)
 	}
-	jt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+	jt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 		Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cvID,
 	}}))
 	if err != nil {
 		t.Fatalf("CreateJoinToken: %v", err)
 	}
-	agentP := start(t, "agent", agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
+	agentP := proctest.Start(t, "agent", agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
 		"--controller-ca", rootCA, "--state-dir", filepath.Join(t.TempDir(), "agent"), "--netstack", "--socks5", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0", "--listen-ip", hostIP, "--name", "agent")
-	agentP.waitFor(t, socksRE, time.Minute)
+	agentP.WaitFor(t, socksRE, time.Minute)
 
 	// The agent's node must be ONLINE with its endpoint on the veth before the static peer is
 	// created: the exported config's Endpoint line is the node's first reported endpoint.
 	var agentNode *v1.Node
-	if err := eventually(60*time.Second, func() error {
-		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
+	if err := proctest.Eventually(60*time.Second, func() error {
+		r, err := api.nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
 		}
@@ -185,7 +174,7 @@ func TestInteropStockWireGuard(t *testing.T) {
 		t.Fatalf("agent overlay IPv4 %q: %v", agentNode.GetIpv4Address(), err)
 	}
 
-	sp, err := nodes.CreateStaticPeer(ctx, connect.NewRequest(&v1.CreateStaticPeerRequest{TenantId: tid, CvlanId: cvID, Name: "stock"}))
+	sp, err := api.nodes.CreateStaticPeer(ctx, connect.NewRequest(&v1.CreateStaticPeerRequest{TenantId: tid, CvlanId: cvID, Name: "stock"}))
 	if err != nil {
 		t.Fatalf("CreateStaticPeer: %v", err)
 	}
@@ -196,8 +185,8 @@ func TestInteropStockWireGuard(t *testing.T) {
 
 	// The stock peer: wireguard-go in the namespace, configured only from the exported text.
 	t.Setenv("WG_PROCESS_FOREGROUND", "1")
-	start(t, "wireguard-go", "ip", "netns", "exec", ns, "wireguard-go", wgIf)
-	if err := eventually(20*time.Second, func() error {
+	proctest.Start(t, "wireguard-go", "ip", "netns", "exec", ns, "wireguard-go", wgIf)
+	if err := proctest.Eventually(20*time.Second, func() error {
 		return exec.Command("ip", "netns", "exec", ns, "wg", "show", wgIf).Run()
 	}); err != nil {
 		t.Fatalf("wireguard-go did not create %s: %v", wgIf, err)
@@ -234,7 +223,7 @@ func TestInteropStockWireGuard(t *testing.T) {
 	query := `\x00\x18\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01`
 	dial := fmt.Sprintf(`exec 3<>/dev/tcp/%s/53 && printf '%s' >&3 && head -c 4 <&3 | od -An -tx1`, agentIP, query)
 	var lastOut []byte
-	if err := eventually(60*time.Second, func() error {
+	if err := proctest.Eventually(60*time.Second, func() error {
 		c := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "timeout", "5", "bash", "-c", dial)
 		out, err := c.CombinedOutput()
 		lastOut = out

@@ -16,8 +16,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
-	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 // netnsHelperEnv makes the re-executed test binary run a small network program (TestNetNSHelperProcess)
@@ -133,28 +133,15 @@ func TestNetNSRealController(t *testing.T) {
 	}
 
 	// Controller: API on loopback (for the test), node port on the bridge.
-	dataDir := t.TempDir()
-	ctl := start(t, "controller", ctlBin, "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "10.202.0.1:0", "--server-name", "10.202.0.1",
-		"--metrics-addr", "127.0.0.1:0")
-	nodeAddr := ctl.waitFor(t, listeningRE, time.Minute)[1]
-	apiAddr := ctl.waitFor(t, apiRE, time.Minute)[1]
-	key := ctl.waitFor(t, bootstrapRE, 30*time.Second)[1]
-	rootCA := filepath.Join(dataDir, "ca", "root_ca.crt")
-	base, hc, auth := "https://"+apiAddr, apiClient(), bearer(key)
-	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
-	relays := cloudvlanv1connect.NewRelayServiceClient(hc, base, auth)
-	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
-	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
-	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
-	policies := cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth)
-	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
+	ctl := startController(t, ctlBin, "10.202.0.1:0", "--server-name", "10.202.0.1")
+	nodeAddr, rootCA, api := ctl.nodeAddr, ctl.rootCA, ctl.api()
 
-	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "netns"}}))
+	tn, err := api.tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "netns"}}))
 	if err != nil {
 		t.Fatalf("CreateTenant: %v", err)
 	}
 	tid := tn.Msg.GetTenant().GetId()
-	rg, err := regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
+	rg, err := api.regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
 	if err != nil {
 		t.Fatalf("CreateRegion: %v", err)
 	}
@@ -164,24 +151,24 @@ func TestNetNSRealController(t *testing.T) {
 	}
 	relayAddr := ln.Addr().String()
 	ln.Close()
-	rl, err := relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
+	rl, err := api.relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
 		Name: "relay-1", RegionId: rg.Msg.GetRegion().GetId(), Addresses: []string{relayAddr},
 	}}))
 	if err != nil {
 		t.Fatalf("CreateRelay: %v", err)
 	}
 	relayID := rl.Msg.GetRelay().GetId()
-	rt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+	rt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 		Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_RELAY, TargetId: relayID,
 	}}))
 	if err != nil {
 		t.Fatalf("CreateJoinToken(relay): %v", err)
 	}
-	start(t, "relay", relayBin, "up", "--controller", "https://"+nodeAddr, "--controller-ca", rootCA, "--state-dir",
+	proctest.Start(t, "relay", relayBin, "up", "--controller", "https://"+nodeAddr, "--controller-ca", rootCA, "--state-dir",
 		filepath.Join(t.TempDir(), "relay"), "--listen", relayAddr, "--stun-listen", "10.202.0.1:0", "--admin-listen", "",
 		"--token", rt.Msg.GetSecret())
-	if err := eventually(30*time.Second, func() error {
-		r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
+	if err := proctest.Eventually(30*time.Second, func() error {
+		r, err := api.relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
 		if err != nil {
 			return err
 		}
@@ -193,13 +180,13 @@ func TestNetNSRealController(t *testing.T) {
 		t.Fatalf("relay ONLINE: %v", err)
 	}
 
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "netns.test"}}))
+	cv, err := api.cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "netns.test"}}))
 	if err != nil {
 		t.Fatalf("CreateCvlan: %v", err)
 	}
 	cvID := cv.Msg.GetCvlan().GetId()
 	anyT := []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Any{Any: true}}}
-	if _, err := policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
+	if _, err := api.policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
 		Name: "all", Enabled: true, CvlanId: cvID, Rules: []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW,
 			Protocol: v1.Protocol_PROTOCOL_ANY, Sources: anyT, Destinations: anyT}},
 	}})); err != nil {
@@ -223,7 +210,7 @@ func TestNetNSRealController(t *testing.T) {
 	// Three TUN-mode agents, one per namespace, and a TCP echo server in each.
 	var dirs []string
 	for i, ns := range nss {
-		jt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+		jt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 			Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cvID,
 		}}))
 		if err != nil {
@@ -231,7 +218,7 @@ func TestNetNSRealController(t *testing.T) {
 		}
 		dir := filepath.Join(t.TempDir(), "agent")
 		dirs = append(dirs, dir)
-		start(t, fmt.Sprintf("agent-%d", i+1), "ip", "netns", "exec", ns, agentBin, "up", "--controller", "https://"+nodeAddr,
+		proctest.Start(t, fmt.Sprintf("agent-%d", i+1), "ip", "netns", "exec", ns, agentBin, "up", "--controller", "https://"+nodeAddr,
 			"--token", jt.Msg.GetSecret(), "--controller-ca", rootCA, "--state-dir", dir, "--tun", "cvlan0",
 			"--name", fmt.Sprintf("n%d", i+1), "--log-level", "debug")
 		echo := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestNetNSHelperProcess$")
@@ -245,8 +232,8 @@ func TestNetNSRealController(t *testing.T) {
 	}
 
 	// Step 1: all three agents ONLINE through the API.
-	if err := eventually(90*time.Second, func() error {
-		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
+	if err := proctest.Eventually(90*time.Second, func() error {
+		r, err := api.nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
 		}
@@ -274,7 +261,7 @@ func TestNetNSRealController(t *testing.T) {
 		return s, json.Unmarshal(out, &s)
 	}
 	overlay := make([]string, 3)
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		for i := range 3 {
 			s, err := status(i)
 			if err != nil {
@@ -302,7 +289,7 @@ func TestNetNSRealController(t *testing.T) {
 		for from := range 3 {
 			for to := range 3 {
 				if from != to {
-					if err := eventually(timeout, func() error { return reach(from, to) }); err != nil {
+					if err := proctest.Eventually(timeout, func() error { return reach(from, to) }); err != nil {
 						t.Fatalf("%s: %v", step, err)
 					}
 				}
@@ -332,7 +319,7 @@ func TestNetNSRealController(t *testing.T) {
 			if from == to {
 				continue
 			}
-			if err := eventually(15*time.Second, func() error {
+			if err := proctest.Eventually(15*time.Second, func() error {
 				out, err := exec.Command("ip", "netns", "exec", nss[from], "ping", "-n", "-c", "1", "-W", "2", overlay[to]).CombinedOutput()
 				if err != nil {
 					return fmt.Errorf("ping n%d -> n%d (%s): %v: %s", from+1, to+1, overlay[to], err, out)
@@ -346,7 +333,7 @@ func TestNetNSRealController(t *testing.T) {
 	t.Log("step 2b passed: ICMP echo between all pairs")
 
 	// Step 3: n1 and n2 (UDP blocked) reach each other through the relay; n1-n3 is direct.
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		if err := reach(0, 1); err != nil {
 			return err
 		}
@@ -357,7 +344,7 @@ func TestNetNSRealController(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("step 3 n1-n2 relayed while UDP is blocked: %v", err)
 	}
-	if err := eventually(30*time.Second, func() error {
+	if err := proctest.Eventually(30*time.Second, func() error {
 		if got := path(0, "n3"); got != "direct" {
 			return fmt.Errorf("n1's path to n3 is %q", got)
 		}
@@ -369,7 +356,7 @@ func TestNetNSRealController(t *testing.T) {
 
 	// Step 4: unblocked, the path upgrades to direct.
 	netnsRun(t, "ip", "netns", "exec", nss[0], "nft", "delete", "table", "inet", "cvsblock")
-	if err := eventually(60*time.Second, func() error {
+	if err := proctest.Eventually(60*time.Second, func() error {
 		if got := path(0, "n2"); got != "direct" {
 			return fmt.Errorf("n1's path to n2 is %q", got)
 		}
@@ -380,7 +367,7 @@ func TestNetNSRealController(t *testing.T) {
 	t.Log("step 4 passed: n1-n2 direct after unblocking")
 
 	// Step 5: the controller SIGKILLed, traffic keeps flowing.
-	ctl.kill()
+	ctl.Kill()
 	time.Sleep(2 * time.Second)
 	reachAll("step 5 after the controller was killed", 15*time.Second)
 	t.Log("step 5 passed: traffic flows without the controller")

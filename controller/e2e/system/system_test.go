@@ -18,8 +18,8 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
-	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 )
 
 var (
@@ -49,42 +49,29 @@ func TestSystem(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	dataDir := t.TempDir()
-	ctl := start(t, "controller", ctlBin, "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "127.0.0.1:0",
-		"--metrics-addr", "127.0.0.1:0")
-	nodeAddr := ctl.waitFor(t, listeningRE, time.Minute)[1]
-	apiAddr := ctl.waitFor(t, apiRE, time.Minute)[1]
-	key := ctl.waitFor(t, bootstrapRE, 30*time.Second)[1]
-	rootCA := filepath.Join(dataDir, "ca", "root_ca.crt")
-	base, hc, auth := "https://"+apiAddr, apiClient(), bearer(key)
-	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
-	relays := cloudvlanv1connect.NewRelayServiceClient(hc, base, auth)
-	tokens := cloudvlanv1connect.NewJoinTokenServiceClient(hc, base, auth)
-	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
-	cvlans := cloudvlanv1connect.NewCvlanServiceClient(hc, base, auth)
-	policies := cloudvlanv1connect.NewPolicyServiceClient(hc, base, auth)
-	nodes := cloudvlanv1connect.NewNodeServiceClient(hc, base, auth)
+	ctl := startController(t, ctlBin, "127.0.0.1:0")
+	nodeAddr, rootCA, api := ctl.nodeAddr, ctl.rootCA, ctl.api()
 
 	// Step 1: a tenant, a region, the tenant's own relay and a relay join token, through the API.
-	// (A shared relay's token cannot enroll yet: the node plane looks up the token's empty tenant.)
-	tn, err := tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "acme"}}))
+	// (Shared relays, of no tenant, enroll too: nodeplane TestSharedRelayEnrollment.)
+	tn, err := api.tenants.CreateTenant(ctx, connect.NewRequest(&v1.CreateTenantRequest{Tenant: &v1.Tenant{Name: "acme"}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateTenant: %v", err)
 	}
 	tid := tn.Msg.GetTenant().GetId()
-	rg, err := regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
+	rg, err := api.regions.CreateRegion(ctx, connect.NewRequest(&v1.CreateRegionRequest{Region: &v1.Region{Name: "lab", Code: "lab"}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateRegion: %v", err)
 	}
 	relayAddr := freePort(t)
-	rl, err := relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
+	rl, err := api.relays.CreateRelay(ctx, connect.NewRequest(&v1.CreateRelayRequest{TenantId: tid, Relay: &v1.Relay{
 		Name: "relay-1", RegionId: rg.Msg.GetRegion().GetId(), Addresses: []string{relayAddr},
 	}}))
 	if err != nil {
 		t.Fatalf("step 1 CreateRelay: %v", err)
 	}
 	relayID := rl.Msg.GetRelay().GetId()
-	rt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+	rt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 		Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_RELAY, TargetId: relayID,
 	}}))
 	if err != nil {
@@ -95,11 +82,11 @@ func TestSystem(t *testing.T) {
 	relayState := filepath.Join(t.TempDir(), "relay")
 	relayArgs := []string{"up", "--controller", "https://" + nodeAddr, "--controller-ca", rootCA, "--state-dir", relayState,
 		"--listen", relayAddr, "--stun-listen", "127.0.0.1:0", "--admin-listen", ""}
-	rp := start(t, "relay", relayBin, append(relayArgs, "--token", rt.Msg.GetSecret())...)
+	rp := proctest.Start(t, "relay", relayBin, append(relayArgs, "--token", rt.Msg.GetSecret())...)
 	var lastSeen time.Time
 	online := func(after time.Time) error {
-		return eventually(30*time.Second, func() error {
-			r, err := relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
+		return proctest.Eventually(30*time.Second, func() error {
+			r, err := api.relays.GetRelay(ctx, connect.NewRequest(&v1.GetRelayRequest{TenantId: tid, Id: relayID}))
 			if err != nil {
 				return err
 			}
@@ -115,8 +102,8 @@ func TestSystem(t *testing.T) {
 		t.Fatalf("step 2 relay ONLINE with stats via GetRelay: %v", err)
 	}
 	// A restart reuses the saved identity: no token (it was single-use anyway).
-	rp.stop()
-	start(t, "relay (restarted)", relayBin, relayArgs...)
+	rp.Stop()
+	proctest.Start(t, "relay (restarted)", relayBin, relayArgs...)
 	if err := online(lastSeen); err != nil {
 		t.Fatalf("step 2 relay restarted from its state dir reports again: %v", err)
 	}
@@ -130,13 +117,13 @@ func TestSystem(t *testing.T) {
 	// Step 3: a cvlan with an allow-all policy, and three agents in netstack mode.
 	// The DNS domain is set because a fresh tenant has none, and without a domain the controller
 	// gives nodes no names at all (netmap's fqdn is empty), so mesh DNS could not be tested.
-	cv, err := cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "acme.test"}}))
+	cv, err := api.cvlans.CreateCvlan(ctx, connect.NewRequest(&v1.CreateCvlanRequest{TenantId: tid, Cvlan: &v1.Cvlan{Name: "prod", DnsDomain: "acme.test"}}))
 	if err != nil {
 		t.Fatalf("step 3 CreateCvlan: %v", err)
 	}
 	cvID := cv.Msg.GetCvlan().GetId()
 	any := []*v1.PolicyTarget{{Target: &v1.PolicyTarget_Any{Any: true}}}
-	pol, err := policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
+	pol, err := api.policies.CreatePolicy(ctx, connect.NewRequest(&v1.CreatePolicyRequest{TenantId: tid, Policy: &v1.Policy{
 		Name: "all", Enabled: true, CvlanId: cvID, Rules: []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW,
 			Protocol: v1.Protocol_PROTOCOL_ANY, Sources: any, Destinations: any}},
 	}}))
@@ -144,27 +131,27 @@ func TestSystem(t *testing.T) {
 		t.Fatalf("step 3 CreatePolicy: %v", err)
 	}
 	type agent struct {
-		p     *proc
+		p     *proctest.Proc
 		dir   string
 		socks string
 	}
 	var agents []agent
 	for i := range 3 {
-		jt, err := tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
+		jt, err := api.tokens.CreateJoinToken(ctx, connect.NewRequest(&v1.CreateJoinTokenRequest{TenantId: tid, JoinToken: &v1.JoinToken{
 			Kind: v1.JoinTokenKind_JOIN_TOKEN_KIND_NODE, CvlanId: cvID,
 		}}))
 		if err != nil {
 			t.Fatalf("step 3 CreateJoinToken(node): %v", err)
 		}
 		dir := filepath.Join(t.TempDir(), "agent")
-		p := start(t, fmt.Sprintf("agent-%d", i), agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
+		p := proctest.Start(t, fmt.Sprintf("agent-%d", i), agentBin, "up", "--controller", "https://"+nodeAddr, "--token", jt.Msg.GetSecret(),
 			"--controller-ca", rootCA, "--state-dir", dir, "--netstack", "--socks5", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 			"--listen-ip", "127.0.0.1", "--name", fmt.Sprintf("n%d", i))
-		socks := p.waitFor(t, socksRE, time.Minute)[1]
+		socks := p.WaitFor(t, socksRE, time.Minute)[1]
 		agents = append(agents, agent{p, dir, socks})
 	}
-	err = eventually(60*time.Second, func() error {
-		r, err := nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
+	err = proctest.Eventually(60*time.Second, func() error {
+		r, err := api.nodes.ListNodes(ctx, connect.NewRequest(&v1.ListNodesRequest{TenantId: tid}))
 		if err != nil {
 			return err
 		}
@@ -196,7 +183,7 @@ func TestSystem(t *testing.T) {
 		}
 		return s, json.Unmarshal(b, &s)
 	}
-	err = eventually(30*time.Second, func() error {
+	err = proctest.Eventually(30*time.Second, func() error {
 		for i, a := range agents {
 			s, err := status(a)
 			if err != nil {
@@ -227,7 +214,7 @@ func TestSystem(t *testing.T) {
 					}
 					target, _, _ = strings.Cut(p.Addresses[0], "/")
 				}
-				if err := eventually(20*time.Second, func() error { return reach(a, target, 3*time.Second) }); err != nil {
+				if err := proctest.Eventually(20*time.Second, func() error { return reach(a, target, 3*time.Second) }); err != nil {
 					t.Fatalf("%s: agent %d cannot reach %s: %v", step, i, target, err)
 				}
 			}
@@ -240,7 +227,7 @@ func TestSystem(t *testing.T) {
 
 	// Step 5: the relay is in the agents' relay map (the relay URL is in the map the agent keeps).
 	relayURL := "https://" + relayAddr + "/relay"
-	if err := eventually(10*time.Second, func() error {
+	if err := proctest.Eventually(10*time.Second, func() error {
 		for i, a := range agents {
 			found := false
 			filepath.WalkDir(a.dir, func(path string, d os.DirEntry, err error) error {
@@ -282,12 +269,12 @@ func TestSystem(t *testing.T) {
 	p := pol.Msg.GetPolicy()
 	p.Rules = []*v1.PolicyRule{{Name: "no-n2", Action: v1.PolicyAction_POLICY_ACTION_ALLOW, Protocol: v1.Protocol_PROTOCOL_ANY, Sources: others, Destinations: others}}
 	cutAt := time.Now()
-	upd, err := policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}}))
+	upd, err := api.policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}}))
 	if err != nil {
 		t.Fatalf("step 6 UpdatePolicy: %v", err)
 	}
 	p = upd.Msg.GetPolicy()
-	if err := eventually(time.Second, func() error {
+	if err := proctest.Eventually(time.Second, func() error {
 		if reach(agents[0], fqdn2, 300*time.Millisecond) == nil {
 			return errors.New("still reachable")
 		}
@@ -298,13 +285,13 @@ func TestSystem(t *testing.T) {
 		t.Logf("step 6 passed: cut observed after %v", time.Since(cutAt))
 	}
 	p.Rules = []*v1.PolicyRule{{Name: "all", Action: v1.PolicyAction_POLICY_ACTION_ALLOW, Protocol: v1.Protocol_PROTOCOL_ANY, Sources: any, Destinations: any}}
-	if _, err := policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}})); err != nil {
+	if _, err := api.policies.UpdatePolicy(ctx, connect.NewRequest(&v1.UpdatePolicyRequest{TenantId: tid, Policy: p, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"rules"}}})); err != nil {
 		t.Fatalf("step 6 UpdatePolicy (restore): %v", err)
 	}
 	checkAll("step 6 restored")
 
 	// Step 7: the controller killed (SIGKILL), traffic keeps flowing.
-	ctl.kill()
+	ctl.Kill()
 	time.Sleep(2 * time.Second)
 	checkAll("step 7 after the controller was killed")
 	t.Log("step 7 passed: traffic flows without the controller")

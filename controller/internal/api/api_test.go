@@ -875,6 +875,29 @@ func TestWatchEvents(t *testing.T) {
 		len(st.GetNode().GetConflict().GetAddresses()) != 2 {
 		t.Fatalf("status event %v", st)
 	}
+	// A vrouter's reported connection states (same version) arrive as an update of the vrouter
+	// whose etag is still the one of its creation.
+	vr := &domain.VRouter{TenantID: blue, CvlanID: cr.Msg.GetCvlan().GetId(), Name: "gw", Connections: []domain.VRouterConnection{{Name: "hq", RemoteAddress: "192.0.2.9"}}}
+	if err := e.st.Tx(ctx, store.TenantScope(blue), func(tx store.Tx) error { return tx.CreateVRouter(ctx, vr) }); err != nil {
+		t.Fatal(err)
+	}
+	expect("viewer", s, want{v1.ResourceType_RESOURCE_TYPE_VROUTER, vr.ID, created})
+	err = e.st.Tx(ctx, store.TenantScope(blue), func(tx store.Tx) error {
+		v, err := tx.GetVRouter(ctx, vr.ID)
+		if err != nil {
+			return err
+		}
+		v.Status, v.Connections[0].Status = domain.VRouterOnline, "up"
+		return tx.UpdateVRouterStatus(ctx, v, true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = expect("viewer", s, want{v1.ResourceType_RESOURCE_TYPE_VROUTER, vr.ID, v1.EventType_EVENT_TYPE_UPDATED})
+	if g := got[0].GetVrouter(); got[0].GetEtag() != "v1" || g.GetEtag() != "v1" || g.GetStatus() != v1.VRouterStatus_V_ROUTER_STATUS_ONLINE ||
+		g.GetConnections()[0].GetStatus() != v1.VRouterConnectionStatus_V_ROUTER_CONNECTION_STATUS_UP {
+		t.Fatalf("vrouter status event %v", got[0])
+	}
 	if _, err := blueC.events.WatchEvents(ctx, connect.NewRequest(&v1.WatchEventsRequest{AllTenants: true})); err == nil {
 		// A server stream reports its error on the first Receive.
 	}

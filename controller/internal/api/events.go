@@ -206,9 +206,13 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 				return err
 			}
 		case e := <-sub.ch:
-			if e.ResourceType == domain.ResourceNodeStatus {
+			switch e.ResourceType {
+			case domain.ResourceNodeStatus:
 				// A status-only write (online, sync state, reports): an update of the node to clients.
 				e.ResourceType = domain.ResourceNode
+			case domain.ResourceVRouterStatus:
+				// Connection states reported by the vrouter (same version): an update of the vrouter.
+				e.ResourceType = domain.ResourceVRouter
 			}
 			if !mayWatch(p, tenant, e) {
 				continue

@@ -427,6 +427,22 @@ type VRouter struct {
 	LastSeenTime    time.Time `json:"last_seen_time,omitzero"`
 }
 
+// SetStatusFrom copies the runtime status of from onto v: status, last seen, stats, software
+// version, and each connection's status, last change time and error (connections matched by
+// name; v's other connections keep theirs). The configuration of v is left alone.
+func (v *VRouter) SetStatusFrom(from *VRouter) {
+	v.Status, v.LastSeenTime, v.Stats, v.SoftwareVersion = from.Status, from.LastSeenTime, from.Stats, from.SoftwareVersion
+	byName := make(map[string]*VRouterConnection, len(from.Connections))
+	for i := range from.Connections {
+		byName[from.Connections[i].Name] = &from.Connections[i]
+	}
+	for i := range v.Connections {
+		if c, ok := byName[v.Connections[i].Name]; ok {
+			v.Connections[i].Status, v.Connections[i].LastChangeTime, v.Connections[i].Error = c.Status, c.LastChangeTime, c.Error
+		}
+	}
+}
+
 // VRouterStats are a vrouter's last reported counters.
 type VRouterStats struct {
 	ConnectionsTotal int32     `json:"connections_total,omitempty"`
@@ -589,6 +605,10 @@ const (
 	// reports): the node's network maps are unaffected, so map loaders skip them; the API shows
 	// them as node updates.
 	ResourceNodeStatus = "node_status"
+	// ResourceVRouterStatus marks change events of a vrouter's runtime status (connection
+	// states, reports): its configuration and version are unchanged, so vrouter and relay config
+	// streams skip them; the API shows them as vrouter updates.
+	ResourceVRouterStatus = "vrouter_status"
 )
 
 // ChangeOp says what happened to a resource.

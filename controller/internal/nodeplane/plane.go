@@ -25,6 +25,7 @@ import (
 
 	"buf.build/go/protovalidate"
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/netmap"
@@ -362,6 +363,38 @@ func (p *Plane) configChanged() <-chan struct{} {
 	p.configMu.Lock()
 	defer p.configMu.Unlock()
 	return p.configWake
+}
+
+// followConfig streams a relay's or vrouter's configuration: load(id) now and after every relay,
+// region or vrouter change, sent whenever it differs from the last one. skip (optional) says
+// whether the first configuration is one the caller already has. It returns when the caller goes
+// away, the resource is deleted (Unauthenticated) or the controller shuts down.
+func followConfig[T proto.Message](ctx context.Context, p *Plane, kind, id string, load func(context.Context, string) (T, error), skip func(T) bool, send func(T) error) error {
+	var last T
+	sent := false
+	for {
+		wake := p.configChanged()
+		cfg, err := load(ctx, id)
+		if store.IsNotFound(err) {
+			return unauthenticated("%s %s was deleted", kind, id)
+		}
+		if err != nil {
+			return toConnect(err)
+		}
+		if sent && !proto.Equal(cfg, last) || !sent && (skip == nil || !skip(cfg)) {
+			if err := send(cfg); err != nil {
+				return err
+			}
+		}
+		last, sent = cfg, true
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-p.closed:
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("controller shutting down"))
+		case <-wake:
+		}
+	}
 }
 
 func (p *Plane) now() time.Time { return p.deps.Now() }

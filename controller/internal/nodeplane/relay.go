@@ -6,7 +6,6 @@ import (
 	"net/url"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cloudvlan/cloudvlan/controller/identity"
@@ -54,30 +53,7 @@ func (s relayService) WatchRelayConfig(ctx context.Context, req *connect.Request
 	if err := p.validate.Validate(req.Msg); err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	var last *relayv1.WatchRelayConfigResponse
-	for {
-		wake := p.configChanged()
-		cfg, err := p.relayConfig(ctx, c.ID.ResourceID)
-		if store.IsNotFound(err) {
-			return unauthenticated("relay %s was deleted", c.ID.ResourceID)
-		}
-		if err != nil {
-			return toConnect(err)
-		}
-		if !proto.Equal(cfg, last) {
-			if err := stream.Send(cfg); err != nil {
-				return err
-			}
-			last = cfg
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-p.closed:
-			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("controller shutting down"))
-		case <-wake:
-		}
-	}
+	return followConfig(ctx, p, "relay", c.ID.ResourceID, p.relayConfig, nil, stream.Send)
 }
 
 // ReportRelayStatus implements relayv1connect.RelayControlServiceHandler.

@@ -2,11 +2,12 @@ package nodeplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
+	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/cloudvlan/cloudvlan/controller/identity"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
@@ -66,36 +67,53 @@ func (s vrouterService) WatchVRouterConfig(ctx context.Context, req *connect.Req
 	if err := p.validate.Validate(req.Msg); err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	var last *vrouterv1.WatchVRouterConfigResponse
-	for {
-		wake := p.configChanged()
-		cfg, err := p.vrouterConfig(ctx, c.ID.ResourceID)
-		if store.IsNotFound(err) {
-			return unauthenticated("vrouter %s was deleted", c.ID.ResourceID)
-		}
-		if err != nil {
-			return toConnect(err)
-		}
-		// known_version lets a vrouter that already applied this version skip the first message.
-		if !proto.Equal(cfg, last) && !(last == nil && cfg.GetVersion() == req.Msg.GetKnownVersion()) {
-			if err := stream.Send(cfg); err != nil {
-				return err
-			}
-		}
-		last = cfg
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-p.closed:
-			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("controller shutting down"))
-		case <-wake:
-		}
+	// known_version lets a vrouter that already applied this version skip the first message.
+	known := func(cfg *vrouterv1.WatchVRouterConfigResponse) bool {
+		return cfg.GetVersion() == req.Msg.GetKnownVersion()
 	}
+	return followConfig(ctx, p, "vrouter", c.ID.ResourceID, p.vrouterConfig, known, stream.Send)
 }
 
 var connStates = map[vrouterv1.ConnectionState]string{
 	vrouterv1.ConnectionState_CONNECTION_STATE_CONNECTING: "connecting", vrouterv1.ConnectionState_CONNECTION_STATE_UP: "up",
 	vrouterv1.ConnectionState_CONNECTION_STATE_DOWN: "down",
+}
+
+// applyConnectionStatus sets v's status from a report received at now and reports whether
+// anything the API shows changed besides the last-seen and stats times.
+func applyConnectionStatus(v *domain.VRouter, byName map[string]*vrouterv1.ConnectionStatus, now time.Time) bool {
+	changed := false
+	for i := range v.Connections {
+		cs, ok := byName[v.Connections[i].Name]
+		if !ok {
+			continue
+		}
+		st := connStates[cs.GetState()]
+		if st == "" {
+			st = "unknown"
+		}
+		if v.Connections[i].Status != st {
+			v.Connections[i].Status, v.Connections[i].LastChangeTime = st, now
+			if t := cs.GetLastChangeTime(); t != nil {
+				v.Connections[i].LastChangeTime = t.AsTime().UTC()
+			}
+			changed = true
+		}
+	}
+	up := 0
+	for _, c := range v.Connections {
+		if c.Status == "up" {
+			up++
+		}
+	}
+	status := domain.VRouterOnline
+	if up < len(v.Connections) {
+		status = domain.VRouterDegraded
+	}
+	changed = changed || v.Status != status || v.Stats.ConnectionsTotal != int32(len(v.Connections)) || v.Stats.ConnectionsUp != int32(up)
+	v.Status, v.LastSeenTime = status, now
+	v.Stats.ConnectionsTotal, v.Stats.ConnectionsUp, v.Stats.UpdateTime = int32(len(v.Connections)), int32(up), now
+	return changed
 }
 
 // ReportConnectionStatus implements vrouterv1connect.VRouterControlServiceHandler.
@@ -113,40 +131,22 @@ func (s vrouterService) ReportConnectionStatus(ctx context.Context, req *connect
 	for _, cs := range req.Msg.GetConnections() {
 		byName[cs.GetName()] = cs
 	}
-	err = p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
-		v, err := tx.GetVRouter(ctx, c.ID.ResourceID)
-		if err != nil {
-			return err
-		}
-		for i := range v.Connections {
-			cs, ok := byName[v.Connections[i].Name]
-			if !ok {
-				continue
+	// A status write keeps the vrouter's version (API clients' etags stay valid) and wakes no
+	// config stream; it notifies WatchEvents only when something besides the times changed. A
+	// configuration change committed between the read and the write conflicts: read again.
+	for attempt := 1; ; attempt++ {
+		err = p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+			v, err := tx.GetVRouter(ctx, c.ID.ResourceID)
+			if err != nil {
+				return err
 			}
-			st := connStates[cs.GetState()]
-			if st == "" {
-				st = "unknown"
-			}
-			if v.Connections[i].Status != st {
-				v.Connections[i].Status, v.Connections[i].LastChangeTime = st, now
-				if t := cs.GetLastChangeTime(); t != nil {
-					v.Connections[i].LastChangeTime = t.AsTime().UTC()
-				}
-			}
+			notify := applyConnectionStatus(v, byName, now)
+			return tx.UpdateVRouterStatus(ctx, v, notify)
+		})
+		if !errors.Is(err, domain.ErrConflict) || attempt == 3 {
+			break
 		}
-		up := 0
-		for _, c := range v.Connections {
-			if c.Status == "up" {
-				up++
-			}
-		}
-		v.Status, v.LastSeenTime = domain.VRouterOnline, now
-		if up < len(v.Connections) {
-			v.Status = domain.VRouterDegraded
-		}
-		v.Stats.ConnectionsTotal, v.Stats.ConnectionsUp, v.Stats.UpdateTime = int32(len(v.Connections)), int32(up), now
-		return tx.UpdateVRouter(ctx, v)
-	})
+	}
 	if err != nil {
 		return nil, toConnect(fmt.Errorf("record vrouter status: %w", err))
 	}

@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -17,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +25,8 @@ import (
 	"go.step.sm/crypto/x509util"
 
 	"github.com/cloudvlan/cloudvlan/controller/identity"
+
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 )
 
 const stepCAModule = "github.com/smallstep/certificates"
@@ -215,7 +215,7 @@ func startStepCA(t *testing.T) *testStepCA {
 	}
 	cfgFile := write("ca.json", cfgJSON, 0o600)
 
-	var logs syncBuffer
+	var logs proctest.Buffer
 	cmd := exec.Command(bin, "--password-file", passFile, cfgFile)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -263,24 +263,6 @@ func startStepCA(t *testing.T) *testStepCA {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return &testStepCA{url: base, rootPEM: rootPEM, provisioner: "cloudvlan-controller", password: password, keyFile: keyFile}
-}
-
-// syncBuffer collects a child's output written from os/exec goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestExternalStepCA(t *testing.T) {

@@ -433,6 +433,15 @@ type Tx interface {
 	ListVRouters(ctx context.Context, f VRouterFilter, o ListOptions) (*Page[domain.VRouter], error)
 	CreateVRouter(ctx context.Context, v *domain.VRouter) error
 	UpdateVRouter(ctx context.Context, v *domain.VRouter) error
+	// UpdateVRouterStatus stores a change of the vrouter's runtime status only (status, last
+	// seen, stats, software version, per-connection status and last change time) and keeps its
+	// version and update time: an API client's etag stays valid across the vrouter's periodic
+	// reports. The other fields are taken from the stored row, never from v. v.Version, when
+	// set, must still be the stored version (ErrConflict otherwise), so that a status computed
+	// from an older configuration is not written. With notify it records a
+	// domain.ResourceVRouterStatus event (vrouter config streams ignore it, WatchEvents shows it
+	// as an update of the vrouter); without, nothing.
+	UpdateVRouterStatus(ctx context.Context, v *domain.VRouter, notify bool) error
 	DeleteVRouter(ctx context.Context, id string, version int64) error
 
 	GetDiscoveryServer(ctx context.Context, id string) (*domain.DiscoveryServer, error)

@@ -1,21 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
+	"github.com/cloudvlan/cloudvlan/controller/proctest"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
 	vrouterv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/vrouter/v1"
@@ -34,24 +30,6 @@ import (
 	"github.com/cloudvlan/cloudvlan/vrouter/internal/vpp"
 	"github.com/cloudvlan/cloudvlan/vrouter/internal/vpp/vpptest"
 )
-
-// syncBuffer collects a process's or a goroutine's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	sb strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.String()
-}
 
 // controllerBinary returns $CLOUDVLAN_BIN/cvlan-controller (make test-go) or builds it.
 func controllerBinary(t *testing.T) string {
@@ -83,64 +61,17 @@ var (
 func startController(t *testing.T) (node, api, key, rootCA string) {
 	t.Helper()
 	dataDir := t.TempDir()
-	cmd := exec.Command(controllerBinary(t), "--data-dir", dataDir, "--api-addr", "127.0.0.1:0", "--node-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	out := &syncBuffer{}
-	done := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			out.Write([]byte(sc.Text() + "\n"))
-		}
-	}()
-	go func() { _ = cmd.Wait(); pw.Close(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("controller output:\n%s", out.String())
-		}
-	})
-	find := func(re *regexp.Regexp) string {
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			if m := re.FindStringSubmatch(out.String()); m != nil {
-				return m[1]
-			}
-			select {
-			case <-done:
-				t.Fatalf("the controller exited:\n%s", out.String())
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-		t.Fatalf("the controller did not print %q:\n%s", re, out.String())
-		return ""
-	}
-	return find(nodePortRE), find(apiPortRE), find(bootstrapRE), filepath.Join(dataDir, "ca", "root_ca.crt")
+	p := proctest.Start(t, "controller", controllerBinary(t), "--data-dir", dataDir, "--api-addr", "127.0.0.1:0",
+		"--node-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0")
+	return p.WaitFor(t, nodePortRE, 2*time.Minute)[1], p.WaitFor(t, apiPortRE, 2*time.Minute)[1],
+		p.WaitFor(t, bootstrapRE, 2*time.Minute)[1], filepath.Join(dataDir, "ca", "root_ca.crt")
 }
 
 // eventually retries f until it returns nil or timeout passes, and fails the test with its last error.
 func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := proctest.Eventually(timeout, f); err != nil {
+		t.Fatalf("%s: %v", what, err)
 	}
 }
 
@@ -148,7 +79,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 type vrouterProc struct {
 	cancel context.CancelFunc
 	done   chan error
-	log    *syncBuffer
+	log    *proctest.Buffer
 	rec    chan *vpptest.Recorder
 	admin  chan net.Addr
 }
@@ -156,7 +87,7 @@ type vrouterProc struct {
 func startVRouter(t *testing.T, args ...string) *vrouterProc {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &vrouterProc{cancel: cancel, done: make(chan error, 1), log: &syncBuffer{}, rec: make(chan *vpptest.Recorder, 1), admin: make(chan net.Addr, 1)}
+	p := &vrouterProc{cancel: cancel, done: make(chan error, 1), log: &proctest.Buffer{}, rec: make(chan *vpptest.Recorder, 1), admin: make(chan net.Addr, 1)}
 	h := &hooks{dataplane: func(ctx context.Context, _ string, o vpp.Options) (control.Dataplane, func(), error) {
 		conn, rec := vpptest.NewMockVPP(t)
 		prog, err := vpp.New(conn, o)
@@ -244,17 +175,8 @@ func TestRegistrationEndToEnd(t *testing.T) {
 	nodeAddr, apiAddr, key, rootCA := startController(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		// The API port's certificate is not what this test is about; the node port is verified with the root CA.
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true,
-	}}
+	hc, auth := proctest.APIClient(), proctest.Bearer(key)
 	defer hc.CloseIdleConnections()
-	auth := connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
-		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-			req.Header().Set("Authorization", "Bearer "+key)
-			return next(ctx, req)
-		}
-	}))
 	base := "https://" + apiAddr
 	tenants := cloudvlanv1connect.NewTenantServiceClient(hc, base, auth)
 	regions := cloudvlanv1connect.NewRegionServiceClient(hc, base, auth)
@@ -300,19 +222,15 @@ func TestRegistrationEndToEnd(t *testing.T) {
 		return r.Msg.GetVrouter()
 	}
 
-	// update replaces the connections. Every status report bumps the vrouter's etag, so a stale etag
-	// (ABORTED) is retried with the current one, as a console user would.
+	// update replaces the connections with the etag just read. Status reports keep the vrouter's
+	// etag (they are status writes), so this never fails with ABORTED while `up` reports.
 	update := func(conns ...*v1.VRouterConnection) {
 		t.Helper()
-		eventually(t, 30*time.Second, "UpdateVRouter", func() error {
-			_, err := vrouters.UpdateVRouter(ctx, connect.NewRequest(&v1.UpdateVRouterRequest{TenantId: tid,
-				Vrouter:    &v1.VRouter{Id: vrID, Etag: get().GetEtag(), Connections: conns},
-				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"connections"}}}))
-			if err != nil && connect.CodeOf(err) != connect.CodeAborted {
-				t.Fatalf("UpdateVRouter: %v", err)
-			}
-			return err
-		})
+		if _, err := vrouters.UpdateVRouter(ctx, connect.NewRequest(&v1.UpdateVRouterRequest{TenantId: tid,
+			Vrouter:    &v1.VRouter{Id: vrID, Etag: get().GetEtag(), Connections: conns},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"connections"}}})); err != nil {
+			t.Fatalf("UpdateVRouter: %v", err)
+		}
 	}
 
 	// Step 2: `up` enrolls with the token, programs VPP and reports; the API shows it.
@@ -399,8 +317,8 @@ func TestRegistrationEndToEnd(t *testing.T) {
 	if err := p.stop(t); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	// The controller bumps the vrouter's version on every status report; the same content must not
-	// be applied again each time (versions 1 and 2 of the content: two applies, then nothing).
+	// Periodic reports and re-sent versions must not apply the same content again (the initial
+	// content, the added connection, and the retry of the failed one: three applies).
 	if n := strings.Count(p.log.String(), "vrouter configuration applied"); n != 3 {
 		t.Fatalf("%d applies, want 3 (initial, added connection, retry of the failed one)", n)
 	}

@@ -189,8 +189,8 @@ func sameContent(a, b *vrouterv1.WatchVRouterConfigResponse) bool {
 
 // apply brings the data plane to the desired configuration and reports whether it tried (a report
 // is due). A new version with the content already applied, or already failed on, is not applied
-// again (the failed one waits for its retry, force): the controller bumps the version on every
-// status report, and re-applying and re-reporting each time would loop.
+// again (the failed one waits for its retry, force): controllers before status writes bumped the
+// version on every status report, and re-applying and re-reporting each time would loop.
 func (l *loop) apply(ctx context.Context, force bool) bool {
 	d := l.desired
 	if d == nil {

@@ -4,9 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
+	"github.com/cloudvlan/cloudvlan/controller/atomicfile"
 	vrouterv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/vrouter/v1"
 )
 
@@ -73,26 +73,14 @@ func (l *loop) writeStatus() {
 	}
 }
 
-// WriteStatus writes s to path through a temporary file (0600) and a rename.
+// WriteStatus replaces the status file at path (0600) atomically.
 func WriteStatus(path string, s Status) error {
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err != nil {
 		return fmt.Errorf("control: marshal status: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".status.*")
-	if err != nil {
-		return fmt.Errorf("control: write status: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("control: write status: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("control: write status: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("control: write status: %w", err)
+	if err := atomicfile.Write(path, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("control: status: %w", err)
 	}
 	return nil
 }

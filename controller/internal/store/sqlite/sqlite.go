@@ -214,35 +214,17 @@ func (s *Store) run(ctx context.Context, db *sql.DB, scope store.Scope, readOnly
 
 // PruneChanges implements store.Store.
 func (s *Store) PruneChanges(ctx context.Context, before time.Time) (int64, error) {
-	var n int64
-	err := s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
-		var err error
-		n, err = t.(*sqlcore.Tx).PruneChanges(ctx, before)
-		return err
-	})
-	return n, err
+	return sqlcore.StorePruneChanges(ctx, s, before)
 }
 
 // LatestChangeID implements store.Store.
 func (s *Store) LatestChangeID(ctx context.Context) (int64, error) {
-	var id int64
-	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
-		var err error
-		id, err = t.(*sqlcore.Tx).LatestChangeID(ctx)
-		return err
-	})
-	return id, err
+	return sqlcore.StoreLatestChangeID(ctx, s)
 }
 
 // ChangesSince implements store.Store.
 func (s *Store) ChangesSince(ctx context.Context, afterID int64, limit int) ([]domain.ChangeEvent, error) {
-	var out []domain.ChangeEvent
-	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
-		var err error
-		out, err = t.(*sqlcore.Tx).ChangesSince(ctx, afterID, limit)
-		return err
-	})
-	return out, err
+	return sqlcore.StoreChangesSince(ctx, s, afterID, limit)
 }
 
 // Watch implements store.Store. Only this process writes through this Store's notifier; another

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -216,5 +217,116 @@ func testNodeStatusWrites(t *testing.T, h Harness) {
 	// Read-only transactions refuse.
 	if err := s.ReadTx(c, store.AllTenants(), func(tx store.Tx) error { return tx.TouchNodes(c, []string{n.ID}, later) }); err == nil {
 		t.Fatal("TouchNodes in a read-only transaction succeeded")
+	}
+}
+
+// testVRouterStatusWrites: a vrouter status write keeps the version and update time (etags stay
+// valid), changes only the status fields, records a vrouter_status event only with notify, and
+// still refuses a status computed from an older version, another tenant's scope and read-only
+// transactions.
+func testVRouterStatusWrites(t *testing.T, h Harness) {
+	s := h.New(t)
+	c := ctx(t)
+	f := newTenant(t, s, "vrstatus", "")
+	v := &domain.VRouter{Name: "gw", CvlanID: f.cvlan.ID, Status: domain.VRouterPending, Connections: []domain.VRouterConnection{
+		{Name: "a", RemoteAddress: "192.0.2.1"}, {Name: "b", RemoteAddress: "192.0.2.2"},
+	}}
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.CreateVRouter(c, v) })
+	get := func() *domain.VRouter {
+		t.Helper()
+		var g *domain.VRouter
+		must(t, s, f.scope, func(tx store.Tx) (err error) { g, err = tx.GetVRouter(c, v.ID); return err })
+		return g
+	}
+	created := get()
+	seen := time.Now().UTC().Truncate(time.Microsecond)
+	tests := []struct {
+		name   string
+		change func(*domain.VRouter)
+		notify bool
+		want   func(*domain.VRouter) error
+	}{
+		{"report, quiet", func(r *domain.VRouter) {
+			r.Status, r.LastSeenTime = domain.VRouterDegraded, seen
+			r.Connections[0].Status, r.Connections[0].LastChangeTime = "up", seen
+			r.Stats = domain.VRouterStats{ConnectionsTotal: 2, ConnectionsUp: 1, UpdateTime: seen}
+			// Configuration changes in a status write are ignored.
+			r.Name, r.Connections[1].RemoteAddress = "renamed", "198.51.100.9"
+		}, false, func(g *domain.VRouter) error {
+			switch {
+			case g.Status != domain.VRouterDegraded || !g.LastSeenTime.Equal(seen) || g.Stats.ConnectionsUp != 1:
+				return fmt.Errorf("status %s, last seen %v, stats %+v", g.Status, g.LastSeenTime, g.Stats)
+			case g.Connections[0].Status != "up" || !g.Connections[0].LastChangeTime.Equal(seen) || g.Connections[1].Status != "":
+				return fmt.Errorf("connections %+v", g.Connections)
+			case g.Name != "gw" || g.Connections[1].RemoteAddress != "192.0.2.2":
+				return fmt.Errorf("status write changed the configuration: %s %+v", g.Name, g.Connections)
+			}
+			return nil
+		}},
+		{"all up, notified", func(r *domain.VRouter) {
+			r.Status, r.Connections[1].Status, r.Connections[1].Error = domain.VRouterOnline, "up", "none"
+		}, true, func(g *domain.VRouter) error {
+			if g.Status != domain.VRouterOnline || g.Connections[1].Status != "up" || g.Connections[1].Error != "none" {
+				return fmt.Errorf("status %s, connections %+v", g.Status, g.Connections)
+			}
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		head := latest(t, s)
+		must(t, s, f.scope, func(tx store.Tx) error {
+			cur, err := tx.GetVRouter(c, v.ID)
+			if err != nil {
+				return err
+			}
+			tt.change(cur)
+			return tx.UpdateVRouterStatus(c, cur, tt.notify)
+		})
+		evs := feedSince(t, s, head)
+		switch {
+		case !tt.notify && len(evs) != 0:
+			t.Fatalf("%s: quiet status write made events %+v", tt.name, evs)
+		case tt.notify && (len(evs) != 1 || evs[0].ResourceType != domain.ResourceVRouterStatus || evs[0].ResourceID != v.ID ||
+			evs[0].TenantID != f.tenant.ID || evs[0].Version != created.Version || evs[0].Op != domain.OpUpdate):
+			t.Fatalf("%s: events %+v, want one vrouter_status update at version %d", tt.name, evs, created.Version)
+		}
+		g := get()
+		if g.Version != created.Version || !g.UpdateTime.Equal(created.UpdateTime) {
+			t.Fatalf("%s: version %d, update time %v; want %d, %v (kept)", tt.name, g.Version, g.UpdateTime, created.Version, created.UpdateTime)
+		}
+		if err := tt.want(g); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+	}
+	// The status filter sees the status.
+	must(t, s, f.scope, func(tx store.Tx) error {
+		p, err := tx.ListVRouters(c, store.VRouterFilter{Status: domain.VRouterOnline}, store.ListOptions{})
+		if err == nil && (len(p.Items) != 1 || p.Items[0].ID != v.ID) {
+			err = fmt.Errorf("status filter: %d items", len(p.Items))
+		}
+		return err
+	})
+	// The etag an API client read before the reports is still good for a configuration update.
+	created.Description = "edited"
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.UpdateVRouter(c, created) }) // created.Version is now 2
+	// A status computed from the older configuration conflicts; an unconditional one does not.
+	stale := get()
+	stale.Version--
+	stale.Status = domain.VRouterOffline
+	if err := s.Tx(c, f.scope, func(tx store.Tx) error { return tx.UpdateVRouterStatus(c, stale, false) }); !errors.Is(err, domain.ErrConflict) {
+		t.Fatalf("stale status write: %v, want conflict", err)
+	}
+	stale.Version = 0
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.UpdateVRouterStatus(c, stale, false) })
+	if g := get(); g.Status != domain.VRouterOffline || g.Version != 2 || g.Description != "edited" {
+		t.Fatalf("after unconditional status write: status %s, version %d, description %q", g.Status, g.Version, g.Description)
+	}
+	// Another tenant cannot, nor can a read-only transaction.
+	o := newTenant(t, s, "vrstatus-other", "")
+	if err := s.Tx(c, o.scope, func(tx store.Tx) error { return tx.UpdateVRouterStatus(c, stale, false) }); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("other tenant's status write: %v, want not found", err)
+	}
+	if err := s.ReadTx(c, store.AllTenants(), func(tx store.Tx) error { return tx.UpdateVRouterStatus(c, stale, false) }); err == nil {
+		t.Fatal("UpdateVRouterStatus in a read-only transaction succeeded")
 	}
 }

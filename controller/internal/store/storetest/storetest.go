@@ -63,6 +63,7 @@ func Run(t *testing.T, h Harness) {
 		{"NodeStatusWrites", testNodeStatusWrites},
 		{"StreamRegistry", testStreamRegistry},
 		{"StreamRegistryRace", testStreamRegistryRace},
+		{"VRouterStatusWrites", testVRouterStatusWrites},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, h) })

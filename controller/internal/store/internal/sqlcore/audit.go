@@ -188,3 +188,34 @@ func (tx *Tx) PruneChanges(ctx context.Context, before time.Time) (int64, error)
 	}
 	return n, nil
 }
+
+// StoreChangesSince implements store.Store.ChangesSince for a store built on this package: Tx's
+// ChangesSince in an all-tenants read transaction of s.
+func StoreChangesSince(ctx context.Context, s store.Store, afterID int64, limit int) ([]domain.ChangeEvent, error) {
+	var out []domain.ChangeEvent
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) (err error) {
+		out, err = t.(*Tx).ChangesSince(ctx, afterID, limit)
+		return err
+	})
+	return out, err
+}
+
+// StoreLatestChangeID implements store.Store.LatestChangeID likewise.
+func StoreLatestChangeID(ctx context.Context, s store.Store) (int64, error) {
+	var id int64
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) (err error) {
+		id, err = t.(*Tx).LatestChangeID(ctx)
+		return err
+	})
+	return id, err
+}
+
+// StorePruneChanges implements store.Store.PruneChanges likewise, in a read-write transaction.
+func StorePruneChanges(ctx context.Context, s store.Store, before time.Time) (int64, error) {
+	var n int64
+	err := s.Tx(ctx, store.AllTenants(), func(t store.Tx) (err error) {
+		n, err = t.(*Tx).PruneChanges(ctx, before)
+		return err
+	})
+	return n, err
+}

@@ -492,6 +492,15 @@ func (tx *Tx) UpdateVRouter(ctx context.Context, v *domain.VRouter) error {
 	return vrouters.update(ctx, tx, v)
 }
 
+// UpdateVRouterStatus implements store.Tx.
+func (tx *Tx) UpdateVRouterStatus(ctx context.Context, v *domain.VRouter, notify bool) error {
+	kind := ""
+	if notify {
+		kind = domain.ResourceVRouterStatus
+	}
+	return vrouters.updateStatus(ctx, tx, v.ID, v.Version, func(stored *domain.VRouter) { stored.SetStatusFrom(v) }, kind)
+}
+
 // DeleteVRouter implements store.Tx.
 func (tx *Tx) DeleteVRouter(ctx context.Context, id string, version int64) error {
 	return vrouters.remove(ctx, tx, id, version)

@@ -229,6 +229,22 @@ func (t *table[T, P]) bindTenant(tx *Tx, p P) (string, error) {
 	return *tid, nil
 }
 
+// stored reads the row a write of op changes (locked when lock), and checks that the scope may
+// write it and that version, when nonzero, is the stored one (ErrConflict otherwise).
+func (t *table[T, P]) stored(ctx context.Context, tx *Tx, op, id string, version int64, lock bool) (P, error) {
+	old, err := t.getBy(ctx, tx, id, lock, cond{"id = ?", []any{id}})
+	if err != nil {
+		return nil, err
+	}
+	if err := t.mayWrite(tx, old); err != nil {
+		return nil, err
+	}
+	if om := old.GetMeta(); version != 0 && version != om.Version {
+		return nil, fmt.Errorf("%s %s %s: have version %d, stored %d: %w", op, t.kind, id, version, om.Version, domain.ErrConflict)
+	}
+	return old, nil
+}
+
 func (t *table[T, P]) insert(ctx context.Context, tx *Tx, p P) error {
 	return t.insertMany(ctx, tx, []P{p})
 }
@@ -300,17 +316,11 @@ func (t *table[T, P]) updateAs(ctx context.Context, tx *Tx, p P, feedKind string
 		return err
 	}
 	m := p.GetMeta()
-	old, err := t.get(ctx, tx, m.ID)
+	old, err := t.stored(ctx, tx, "update", m.ID, m.Version, false)
 	if err != nil {
 		return err
 	}
-	if err := t.mayWrite(tx, old); err != nil {
-		return err
-	}
 	om := old.GetMeta()
-	if m.Version != 0 && m.Version != om.Version {
-		return fmt.Errorf("update %s %s: have version %d, stored %d: %w", t.kind, m.ID, m.Version, om.Version, domain.ErrConflict)
-	}
 	if t.tenant != nil {
 		*t.tenant(p) = *t.tenant(old)
 	}
@@ -343,21 +353,47 @@ func (t *table[T, P]) updateAs(ctx context.Context, tx *Tx, p P, feedKind string
 	return nil
 }
 
+// updateStatus rewrites the stored row as merge leaves it and keeps its version and update
+// time (a status write: etags stay valid), recording a change event of type feedKind (none when
+// empty). The row is read locked, so merge starts from the committed configuration; version,
+// when nonzero, must be the stored one.
+func (t *table[T, P]) updateStatus(ctx context.Context, tx *Tx, id string, version int64, merge func(stored P), feedKind string) error {
+	if err := tx.writable(); err != nil {
+		return err
+	}
+	old, err := t.stored(ctx, tx, "update status of", id, version, true)
+	if err != nil {
+		return err
+	}
+	om := old.GetMeta()
+	merge(old)
+	data, err := json.Marshal(old)
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", t.kind, err)
+	}
+	w, wargs := where(append(t.writeConds(tx), cond{"id = ? AND version = ?", []any{id, om.Version}}))
+	n, err := tx.exec(ctx, "UPDATE "+t.name+" SET data = ?"+w, append([]any{string(data)}, wargs...)...)
+	if err != nil {
+		return tx.classify(err, "update status of "+t.kind)
+	}
+	if n == 0 {
+		return fmt.Errorf("update status of %s %s: changed concurrently: %w", t.kind, id, domain.ErrConflict)
+	}
+	if feedKind != "" {
+		tx.record(t.tenantOf(old), feedKind, id, domain.OpUpdate, om.Version)
+	}
+	return nil
+}
+
 func (t *table[T, P]) remove(ctx context.Context, tx *Tx, id string, version int64) error {
 	if err := tx.writable(); err != nil {
 		return err
 	}
-	old, err := t.get(ctx, tx, id)
+	old, err := t.stored(ctx, tx, "delete", id, version, false)
 	if err != nil {
 		return err
 	}
-	if err := t.mayWrite(tx, old); err != nil {
-		return err
-	}
 	om := old.GetMeta()
-	if version != 0 && version != om.Version {
-		return fmt.Errorf("delete %s %s: have version %d, stored %d: %w", t.kind, id, version, om.Version, domain.ErrConflict)
-	}
 	w, args := where(append(t.writeConds(tx), cond{"id = ? AND version = ?", []any{id, om.Version}}))
 	n, err := tx.exec(ctx, "DELETE FROM "+t.name+w, args...)
 	if err != nil {

@@ -24,13 +24,12 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -43,11 +42,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
+	"github.com/cloudvlan/cloudvlan/controller/internal/server"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 )
 
@@ -205,18 +203,24 @@ type controller struct {
 	st    store.Store
 	ca    pki.Authority
 	plane *nodeplane.Plane
-	srv   *http.Server
-	ln    net.Listener
 	addr  string
-	done  chan struct{}
-	stop  context.CancelFunc
-	once  sync.Once
+	// stopServe ends server.Serve (listener closed, GOAWAY, request contexts cancelled); served is
+	// closed when it has returned.
+	stopServe context.CancelFunc
+	served    chan struct{}
+	// stop ends the plane's Run; done is closed when it has returned.
+	stop context.CancelFunc
+	done chan struct{}
+	once sync.Once
 }
 
 func quiet() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }
 
+// startController runs a node plane and serves its node port the way cvlan-controller does:
+// server.Serve with the node listener's mTLS configuration and server.NodeHTTP2(). On a restart
+// addr is the previous replica's address, which may take a moment to be free again.
 func startController(ctx context.Context, st store.Store, ca pki.Authority, addr string, full bool) (*controller, error) {
 	pctx, stop := context.WithCancel(context.Background())
 	p, err := nodeplane.New(ctx, nodeplane.Deps{Store: st, Authority: ca, Log: quiet(), FullMaps: full})
@@ -226,30 +230,51 @@ func startController(ctx context.Context, st store.Store, ca pki.Authority, addr
 	}
 	c := &controller{st: st, ca: ca, plane: p, done: make(chan struct{}), stop: stop}
 	go func() { defer close(c.done); _ = p.Run(pctx) }()
-	var ln net.Listener
 	for i := 0; ; i++ {
-		ln, err = net.Listen("tcp", addr)
-		if err == nil || i > 50 {
-			break
+		bound, err := c.serve(addr)
+		if err == nil {
+			c.addr = bound
+			return c, nil
+		}
+		if i >= 50 {
+			_ = p.Close()
+			stop()
+			<-c.done
+			return nil, fmt.Errorf("serve node port on %s: %w", addr, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err != nil {
-		return nil, err
+}
+
+// serve starts server.Serve with the node listener and returns its bound address once it listens.
+func (c *controller) serve(addr string) (string, error) {
+	sctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	errc := make(chan error, 1)
+	served := make(chan struct{})
+	listeners := []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}}
+	go func() {
+		defer close(served)
+		errc <- server.Serve(sctx, quiet(), listeners, func(m map[string]net.Addr) { ready <- m["node"].String() })
+	}()
+	select {
+	case a := <-ready:
+		c.stopServe, c.served = cancel, served
+		return a, nil
+	case err := <-errc:
+		cancel()
+		if err == nil {
+			err = errors.New("server stopped before listening")
+		}
+		return "", err
 	}
-	c.ln, c.addr = ln, ln.Addr().String()
-	c.srv = &http.Server{Handler: p.Handler(), TLSConfig: p.TLSConfig(), ErrorLog: slog.NewLogLogger(quiet().Handler(), slog.LevelDebug)}
-	if err := http2.ConfigureServer(c.srv, &http2.Server{}); err != nil {
-		return nil, err
-	}
-	go func() { _ = c.srv.Serve(tls.NewListener(ln, c.srv.TLSConfig)) }()
-	return c, nil
 }
 
 func (c *controller) close() {
 	c.once.Do(func() {
+		c.stopServe()
 		_ = c.plane.Close()
-		_ = c.srv.Close()
+		<-c.served
 		c.stop()
 		<-c.done
 	})

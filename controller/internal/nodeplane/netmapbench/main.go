@@ -53,7 +53,7 @@ var memProfile string
 
 // options are the flags of a bench run.
 type options struct {
-	store                        string
+	store, client                string
 	replicas, perWorker, servers int
 	idle                         time.Duration
 	force                        bool
@@ -69,12 +69,13 @@ func main() {
 	)
 	flag.StringVar(&o.store, "store", "sqlite", "sqlite (one controller replica in this process) or postgres (-replicas processes on one PostgreSQL)")
 	flag.IntVar(&o.replicas, "replicas", 1, "controller replica processes (with -store postgres)")
+	flag.StringVar(&o.client, "client", clientConnect, "simulated agents' gRPC client: connect (connect-go with WithGRPC over x/net/http2, lighter) or grpc (grpc-go, as cvlan-agent)")
 	flag.IntVar(&o.perWorker, "per-worker", 5000, "at most this many agents per worker process")
 	flag.IntVar(&o.servers, "servers", 20, "server nodes every agent may reach (hub and spoke policy)")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "idle CPU measurement window")
 	flag.BoolVar(&o.force, "force", false, "run even if the memory estimate says N does not fit")
 	cpuProfile := flag.String("cpuprofile", "", "write the controller process's CPU profile to this file (-store sqlite)")
-	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file (.replicaI per replica)")
+	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file (.replicaI per replica; .workerI for each agent worker)")
 	flag.Parse()
 	switch {
 	case *worker != "":
@@ -94,6 +95,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "-store must be sqlite or postgres")
 		os.Exit(2)
 	}
+	if o.client != clientConnect && o.client != clientGRPC {
+		fmt.Fprintf(os.Stderr, "-client must be %s or %s\n", clientConnect, clientGRPC)
+		os.Exit(2)
+	}
 	if o.replicas < 1 || o.perWorker < 1 {
 		fmt.Fprintln(os.Stderr, "-replicas and -per-worker must be at least 1")
 		os.Exit(2)
@@ -105,7 +110,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bad -n:", f)
 			os.Exit(2)
 		}
-		if err := makePlan(n, o.replicas, o.perWorker).check(o.store, o.force); err != nil {
+		if err := makePlan(n, o.replicas, o.perWorker).check(o.store, o.client, o.force); err != nil {
 			fmt.Fprintln(os.Stderr, "netmapbench:", err)
 			os.Exit(2)
 		}
@@ -119,7 +124,11 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go server, grpc-go agents) over loopback TCP, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), loadAvg())
+	agents := "connect-go agents (WithGRPC over x/net/http2)"
+	if o.client == clientGRPC {
+		agents = "grpc-go agents"
+	}
+	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go handlers on the production node port: server.Serve, server.NodeHTTP2; %s) over loopback TCP, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), agents, loadAvg())
 	var results []*result
 	for _, n := range counts {
 		r, err := runN(ctx, n, o)
@@ -146,10 +155,13 @@ func loadAvg() string {
 
 type result struct {
 	n, workers, servers, replicas           int
-	mode                                    string
+	mode, client                            string
 	perReplica                              []int
 	setup, connect                          time.Duration
 	heapPerAgent, rssPerAgent               float64
+	workerHeapPerAgent, workerRSSPerAgent   float64
+	workerStacksPerAgent                    float64
+	workerGoroutines                        int
 	idleCPU                                 float64
 	joinP50, joinP99, joinMax               time.Duration
 	joinBytes                               int64
@@ -173,6 +185,7 @@ func (r *result) print() {
 		fmt.Printf(", summed over %d replicas; streams per replica %v", r.replicas, r.perReplica)
 	}
 	fmt.Printf(")\n")
+	fmt.Printf("agent workers' memory:      %.1f KiB heap+stacks per agent (%.1f KiB of it stacks), %.1f KiB RSS per agent (%s client, %d goroutines in %d workers)\n", r.workerHeapPerAgent/1024, r.workerStacksPerAgent/1024, r.workerRSSPerAgent/1024, r.client, r.workerGoroutines, r.workers)
 	fmt.Printf("idle controller CPU:        %.2f%% of one core with N streams open", r.idleCPU*100)
 	if r.replicas > 1 {
 		fmt.Printf(" (summed over replicas)")
@@ -287,10 +300,13 @@ type agentCred struct {
 }
 
 type workerInput struct {
-	Target string      `json:"target"`
-	Source string      `json:"source"`
-	Root   string      `json:"root"`
-	Agents []agentCred `json:"agents"`
+	Target string `json:"target"`
+	Source string `json:"source"`
+	Client string `json:"client"`
+	// MemProfile, when set, is where "stats" writes the worker's heap profile.
+	MemProfile string      `json:"mem_profile,omitempty"`
+	Root       string      `json:"root"`
+	Agents     []agentCred `json:"agents"`
 }
 
 func randKey() string {

@@ -66,8 +66,10 @@ func newAgentClient(kind string, d agentDial) (agentClient, error) {
 		return newConnectClient(d), nil
 	case clientGRPC:
 		return newGRPCClient(d)
+	case clientLean:
+		return newLeanClient(d), nil
 	default:
-		return nil, fmt.Errorf("unknown client %q (want %s or %s)", kind, clientConnect, clientGRPC)
+		return nil, fmt.Errorf("unknown client %q (want %s, %s or %s)", kind, clientLean, clientConnect, clientGRPC)
 	}
 }
 

@@ -69,7 +69,7 @@ func main() {
 	)
 	flag.StringVar(&o.store, "store", "sqlite", "sqlite (one controller replica in this process) or postgres (-replicas processes on one PostgreSQL)")
 	flag.IntVar(&o.replicas, "replicas", 1, "controller replica processes (with -store postgres)")
-	flag.StringVar(&o.client, "client", clientConnect, "simulated agents' gRPC client: connect (connect-go with WithGRPC over x/net/http2, lighter) or grpc (grpc-go, as cvlan-agent)")
+	flag.StringVar(&o.client, "client", clientConnect, "simulated agents' gRPC client: "+clientLean+" (gRPC written on x/net/http2's Framer, one goroutine per agent), "+clientConnect+" (connect-go with WithGRPC over x/net/http2) or "+clientGRPC+" (grpc-go, as cvlan-agent)")
 	flag.IntVar(&o.perWorker, "per-worker", 5000, "at most this many agents per worker process")
 	flag.IntVar(&o.servers, "servers", 20, "server nodes every agent may reach (hub and spoke policy)")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "idle CPU measurement window")
@@ -95,8 +95,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "-store must be sqlite or postgres")
 		os.Exit(2)
 	}
-	if o.client != clientConnect && o.client != clientGRPC {
-		fmt.Fprintf(os.Stderr, "-client must be %s or %s\n", clientConnect, clientGRPC)
+	if o.client != clientLean && o.client != clientConnect && o.client != clientGRPC {
+		fmt.Fprintf(os.Stderr, "-client must be %s, %s or %s\n", clientLean, clientConnect, clientGRPC)
 		os.Exit(2)
 	}
 	if o.replicas < 1 || o.perWorker < 1 {
@@ -124,10 +124,7 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	agents := "connect-go agents (WithGRPC over x/net/http2)"
-	if o.client == clientGRPC {
-		agents = "grpc-go agents"
-	}
+	agents := map[string]string{clientLean: "lean agents (gRPC on x/net/http2's Framer)", clientConnect: "connect-go agents (WithGRPC over x/net/http2)", clientGRPC: "grpc-go agents"}[o.client]
 	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go handlers on the production node port: server.Serve, server.NodeHTTP2; %s) over loopback TCP, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), agents, loadAvg())
 	var results []*result
 	for _, n := range counts {

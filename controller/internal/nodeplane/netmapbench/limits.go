@@ -71,13 +71,19 @@ func (p plan) check(storeKind, client string, force bool) error {
 	return nil
 }
 
-// workerPerAgent is what one simulated agent costs its worker process (RSS, GOGC 60), by client:
-// measured with netmapbench's "agent workers' memory" line (docs/benchmarks.md).
+// workerPerAgent is what one simulated agent costs its worker process (RSS with GOGC 60), by
+// client. Measured at 2,000 agents (the "agent workers' memory" line; docs/benchmarks.md): lean
+// 57 KiB, connect 106 KiB, grpc 126 KiB; grpc-go measured about 140 KiB at 20,000 (connect storms
+// and retries leave more behind), so each gets the same 11 % margin.
 func workerPerAgent(client string) int64 {
-	if client == clientGRPC {
+	switch client {
+	case clientGRPC:
 		return 140 << 10
+	case clientConnect:
+		return 118 << 10
+	default: // clientLean
+		return 64 << 10
 	}
-	return 140 << 10
 }
 
 func estimateMemory(n, replicas int, client string) int64 {

@@ -65,11 +65,12 @@ func main() {
 		replica = flag.String("replica", "", "internal: run as a controller replica with this input file")
 		ns      = flag.String("n", "1000,10000", "comma-separated agent counts")
 		timeout = flag.Duration("timeout", 90*time.Minute, "bound on the whole run")
+		check   = flag.Bool("check", false, "only run the up-front checks (open files, ports, addresses, PostgreSQL connections, memory) for every -n and print the plan")
 		o       options
 	)
 	flag.StringVar(&o.store, "store", "sqlite", "sqlite (one controller replica in this process) or postgres (-replicas processes on one PostgreSQL)")
 	flag.IntVar(&o.replicas, "replicas", 1, "controller replica processes (with -store postgres)")
-	flag.StringVar(&o.client, "client", clientConnect, "simulated agents' gRPC client: "+clientLean+" (gRPC written on x/net/http2's Framer, one goroutine per agent), "+clientConnect+" (connect-go with WithGRPC over x/net/http2) or "+clientGRPC+" (grpc-go, as cvlan-agent)")
+	flag.StringVar(&o.client, "client", clientLean, "simulated agents' gRPC client: "+clientLean+" (gRPC written on x/net/http2's Framer, one goroutine per agent), "+clientConnect+" (connect-go with WithGRPC over x/net/http2) or "+clientGRPC+" (grpc-go, as cvlan-agent)")
 	flag.IntVar(&o.perWorker, "per-worker", 5000, "at most this many agents per worker process")
 	flag.IntVar(&o.servers, "servers", 20, "server nodes every agent may reach (hub and spoke policy)")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "idle CPU measurement window")
@@ -115,6 +116,14 @@ func main() {
 			os.Exit(2)
 		}
 		counts = append(counts, n)
+	}
+	if *check {
+		for _, n := range counts {
+			p := makePlan(n, o.replicas, o.perWorker)
+			fmt.Printf("N=%d: fits: %d replica(s), %d worker processes of up to %d agents, about %.1f GiB (controllers %d KiB and agent workers %d KiB per agent with -client %s), %.1f GiB available\n",
+				n, p.replicas, p.workers, p.perWorkerMax, gib(estimateMemory(n, p.replicas, o.client)), estControllerPerAgent>>10, workerPerAgent(o.client)>>10, o.client, gib(memAvailable()))
+		}
+		return
 	}
 	if *cpuProfile != "" {
 		if f, err := os.Create(*cpuProfile); err == nil {

@@ -27,8 +27,10 @@ type fakeControl struct {
 	nodev1connect.UnimplementedControlServiceHandler
 	msgs, peers int
 	refuse      bool
-	acked       atomic.Uint64 // highest acknowledged version
-	acks        atomic.Int64
+	// wantAcked is the version the stream waits to see acknowledged before it ends (default msgs).
+	wantAcked uint64
+	acked     atomic.Uint64 // highest acknowledged version
+	acks      atomic.Int64
 }
 
 func (f *fakeControl) WatchNetworkMap(ctx context.Context, req *connect.Request[nodev1.WatchNetworkMapRequest], s *connect.ServerStream[nodev1.WatchNetworkMapResponse]) error {
@@ -46,8 +48,12 @@ func (f *fakeControl) WatchNetworkMap(ctx context.Context, req *connect.Request[
 			return err
 		}
 	}
+	want := f.wantAcked
+	if want == 0 {
+		want = uint64(f.msgs)
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for f.acked.Load() < uint64(f.msgs) && time.Now().Before(deadline) && ctx.Err() == nil {
+	for f.acked.Load() < want && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return shed
@@ -133,5 +139,55 @@ func TestAgentClients(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestAgentClientsManyAcks sends more acknowledgement bytes on one connection than the initial
+// 64 KiB HTTP/2 connection window while the stream stays open: the clients must respect and regain
+// the window (the server answers FLOW_CONTROL_ERROR otherwise).
+func TestAgentClientsManyAcks(t *testing.T) {
+	const acks = 2500 // about 50 bytes each on the wire: about 125 KB
+	for _, kind := range []string{clientLean, clientConnect, clientGRPC} {
+		t.Run(kind, func(t *testing.T) {
+			f := &fakeControl{msgs: 1, peers: 1, wantAcked: acks}
+			_, h := nodev1connect.NewControlServiceHandler(f)
+			srv := httptest.NewUnstartedServer(h)
+			srv.EnableHTTP2 = true
+			srv.StartTLS()
+			defer srv.Close()
+			pool := x509.NewCertPool()
+			pool.AddCert(srv.Certificate())
+			c, err := newAgentClient(kind, agentDial{
+				target: strings.TrimPrefix(srv.URL, "https://"),
+				dialer: &net.Dialer{Timeout: 5 * time.Second},
+				tls:    &tls.Config{RootCAs: pool, ServerName: "example.com", MinVersion: tls.VersionTLS13},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			s, err := c.watch(ctx, &nodev1.WatchNetworkMapRequest{SessionId: "s"})
+			if err != nil {
+				t.Fatalf("watch: %v", err)
+			}
+			if _, err := s.recv(); err != nil {
+				t.Fatalf("first message: %v", err)
+			}
+			hash := strings.Repeat("h", 32)
+			for v := uint64(1); v <= acks; v++ {
+				if err := c.ack(ctx, &nodev1.AckNetworkMapRequest{Version: v, StateHash: hash}); err != nil {
+					t.Fatalf("ack %d: %v", v, err)
+				}
+			}
+			_, err = s.recv()
+			if shed, _ := s.shed(err); !shed {
+				t.Fatalf("stream ended with %v, want the server's RESOURCE_EXHAUSTED after all acknowledgements", err)
+			}
+			if n := f.acks.Load(); n != acks {
+				t.Fatalf("server saw %d acknowledgements, want %d", n, acks)
+			}
+		})
 	}
 }

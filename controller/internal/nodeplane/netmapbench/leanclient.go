@@ -26,8 +26,9 @@ import (
 // reads every frame of the connection (its stream's messages, the acknowledgements' responses,
 // SETTINGS, PING, WINDOW_UPDATE, GOAWAY). It is what keeps a simulated agent cheapest: one
 // goroutine, the TLS connection and a few small buffers. It implements what a gRPC client must for
-// these two methods (HTTP/2 preface and settings, flow-control credit, trailers and
-// trailers-only responses, grpc-status and the retry-after-ms trailer), not a general client.
+// these two methods (HTTP/2 preface and settings, flow-control credit both ways, the server's
+// concurrent-stream limit, trailers and trailers-only responses, grpc-status and the
+// retry-after-ms trailer), not a general client.
 const clientLean = "lean"
 
 const (
@@ -64,11 +65,20 @@ type leanClient struct {
 	nextID    uint32
 	goingAway bool
 	connDebt  uint32 // DATA received on the connection not yet credited back
+	// sendWindow is the connection's flow-control window for DATA this client sends. Stream
+	// windows are not tracked: each stream carries one request of under 100 bytes.
+	sendWindow int64
+	// open are the streams not yet ended by the server (the watch and acknowledgements in
+	// flight); maxStreams is the server's SETTINGS_MAX_CONCURRENT_STREAMS.
+	open       []uint32
+	maxStreams uint32
 
 	// The open WatchNetworkMap stream.
 	watchID uint32
 	msgBuf  []byte // received bytes of the stream not yet returned as messages
 	debt    uint32 // DATA received on the stream not yet credited back
+	// watchErr is how the stream ended when that was read while sending (waiting for window).
+	watchErr error
 }
 
 func newLeanClient(d agentDial) *leanClient {
@@ -103,7 +113,10 @@ func (c *leanClient) dial(ctx context.Context) error {
 	c.fr.MaxHeaderListSize = 16 << 10
 	c.fr.SetReuseFrames()
 	c.enc = hpack.NewEncoder(&c.encBuf)
-	c.nextID, c.goingAway, c.connDebt = 1, false, 0
+	// RFC 9113's initial send window; 100 concurrent streams is x/net's assumption until the
+	// server's SETTINGS arrive.
+	c.nextID, c.goingAway, c.connDebt, c.sendWindow = 1, false, 0, 65535
+	c.open, c.maxStreams = c.open[:0], 100
 	if _, err := io.WriteString(c.bw, http2.ClientPreface); err != nil {
 		c.drop()
 		return err
@@ -138,8 +151,22 @@ func (c *leanClient) call(ctx context.Context, procedure string, req proto.Messa
 			return 0, err
 		}
 	}
+	body, err := proto.Marshal(req)
+	if err != nil {
+		return 0, err
+	}
+	msg := make([]byte, 5+len(body))
+	binary.BigEndian.PutUint32(msg[1:5], uint32(len(body)))
+	copy(msg[5:], body)
+	for c.sendWindow < int64(len(msg)) || len(c.open) >= int(c.maxStreams) {
+		if err := c.pump(); err != nil {
+			return 0, err
+		}
+	}
+	c.sendWindow -= int64(len(msg))
 	id := c.nextID
 	c.nextID += 2
+	c.open = append(c.open, id)
 	c.encBuf.Reset()
 	for _, f := range [...]hpack.HeaderField{
 		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "https"},
@@ -154,13 +181,6 @@ func (c *leanClient) call(ctx context.Context, procedure string, req proto.Messa
 		c.drop()
 		return 0, err
 	}
-	body, err := proto.Marshal(req)
-	if err != nil {
-		return 0, err
-	}
-	msg := make([]byte, 5+len(body))
-	binary.BigEndian.PutUint32(msg[1:5], uint32(len(body)))
-	copy(msg[5:], body)
 	if err := c.fr.WriteData(id, true, msg); err != nil {
 		c.drop()
 		return 0, err
@@ -177,7 +197,7 @@ func (c *leanClient) watch(ctx context.Context, req *nodev1.WatchNetworkMapReque
 	if err != nil {
 		return nil, err
 	}
-	c.watchID, c.msgBuf, c.debt = id, c.msgBuf[:0], 0
+	c.watchID, c.msgBuf, c.debt, c.watchErr = id, c.msgBuf[:0], 0, nil
 	return c, nil
 }
 
@@ -196,6 +216,10 @@ func (c *leanClient) recv() (*nodev1.WatchNetworkMapResponse, error) {
 		if m, ok, err := c.nextMessage(); err != nil || ok {
 			return m, err
 		}
+		if err := c.watchErr; err != nil {
+			c.watchErr = nil
+			return nil, err
+		}
 		if c.conn == nil {
 			return nil, errors.New("connection closed")
 		}
@@ -208,6 +232,29 @@ func (c *leanClient) recv() (*nodev1.WatchNetworkMapResponse, error) {
 			return nil, err
 		}
 	}
+}
+
+// pump reads and handles one frame while a request waits for flow-control window; how the watch
+// stream ended, if it did, is kept for recv.
+func (c *leanClient) pump() error {
+	if err := c.bw.Flush(); err != nil {
+		c.drop()
+		return err
+	}
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		c.drop()
+		return err
+	}
+	if err := c.handle(f); err != nil {
+		if c.conn == nil {
+			return err
+		}
+		if c.watchErr == nil {
+			c.watchErr = err
+		}
+	}
+	return nil
 }
 
 // nextMessage takes one complete gRPC message off msgBuf.
@@ -239,6 +286,9 @@ func (c *leanClient) nextMessage() (*nodev1.WatchNetworkMapResponse, bool, error
 // handle processes one frame; an error ends the watch stream (and drops the connection if the
 // connection itself failed).
 func (c *leanClient) handle(f http2.Frame) error {
+	if h := f.Header(); h.StreamID != 0 && (h.Flags.Has(http2.FlagDataEndStream) && (h.Type == http2.FrameData || h.Type == http2.FrameHeaders) || h.Type == http2.FrameRSTStream) {
+		c.ended(h.StreamID)
+	}
 	switch f := f.(type) {
 	case *http2.DataFrame:
 		if n := f.Length; n > 0 {
@@ -296,7 +346,14 @@ func (c *leanClient) handle(f http2.Frame) error {
 		if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
 			c.enc.SetMaxDynamicTableSize(v)
 		}
+		if v, ok := f.Value(http2.SettingMaxConcurrentStreams); ok {
+			c.maxStreams = max(v, 1)
+		}
 		return c.flushAfter(c.fr.WriteSettingsAck())
+	case *http2.WindowUpdateFrame:
+		if f.StreamID == 0 {
+			c.sendWindow += int64(f.Increment)
+		}
 	case *http2.PingFrame:
 		if !f.IsAck() {
 			return c.flushAfter(c.fr.WritePing(true, f.Data))
@@ -309,6 +366,16 @@ func (c *leanClient) handle(f http2.Frame) error {
 		}
 	}
 	return nil
+}
+
+// ended forgets a stream the server has ended.
+func (c *leanClient) ended(id uint32) {
+	for i, o := range c.open {
+		if o == id {
+			c.open = append(c.open[:i], c.open[i+1:]...)
+			return
+		}
+	}
 }
 
 func (c *leanClient) flushAfter(err error) error {

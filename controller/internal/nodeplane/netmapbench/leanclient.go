@@ -229,7 +229,19 @@ func (c *leanClient) recv() (*nodev1.WatchNetworkMapResponse, error) {
 			return nil, err
 		}
 		if err := c.handle(f); err != nil {
+			c.abandon()
 			return nil, err
+		}
+	}
+}
+
+// abandon drops the connection if the watch stream failed while the server still has it open (an
+// HTTP error status, say): its stream slot would never be freed.
+func (c *leanClient) abandon() {
+	for _, o := range c.open {
+		if o == c.watchID {
+			c.drop()
+			return
 		}
 	}
 }
@@ -247,11 +259,12 @@ func (c *leanClient) pump() error {
 		return err
 	}
 	if err := c.handle(f); err != nil {
-		if c.conn == nil {
-			return err
-		}
 		if c.watchErr == nil {
 			c.watchErr = err
+		}
+		c.abandon()
+		if c.conn == nil {
+			return err
 		}
 	}
 	return nil

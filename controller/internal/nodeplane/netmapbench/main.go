@@ -8,7 +8,11 @@
 // one process may hold here. In both modes the agents run in worker processes (this binary with
 // -worker FILE), spread evenly over the replicas, every worker dialling from its own loopback
 // source address (127.0.0.x), so that no process holds more than about 19,000 sockets and no
-// source address runs out of ephemeral ports.
+// source address runs out of ephemeral ports. The controller serves its node port the way
+// cvlan-controller does (server.Serve with server.NodeHTTP2()). The agents' client is -client: lean
+// (the default; gRPC written on x/net/http2's Framer, one goroutine and about 57 KiB per agent),
+// connect (connect-go over x/net/http2) or grpc (grpc-go, as cvlan-agent; about 126 KiB per agent).
+// -check only prints whether and how N fits on this machine.
 //
 // For each N it prints: the time for one node join to reach all N agents (p50, p99; the join is
 // committed through replica 0's store and timed at the agents of every replica), the bytes of that

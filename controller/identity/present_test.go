@@ -22,7 +22,7 @@ func TestClientCertificate(t *testing.T) {
 		{"issuer named: leaf alone", &tls.CertificateRequestInfo{AcceptableCAs: [][]byte{other, leaf.RawIssuer}}, chain, 1},
 		{"only the root named: whole chain", &tls.CertificateRequestInfo{AcceptableCAs: [][]byte{other}}, chain, 2},
 		{"no CAs named: whole chain", &tls.CertificateRequestInfo{}, chain, 2},
-		{"leaf not parsed: whole chain", &tls.CertificateRequestInfo{AcceptableCAs: [][]byte{leaf.RawIssuer}}, &tls.Certificate{Certificate: chain.Certificate}, 2},
+		{"leaf not parsed and not parsable: whole chain", &tls.CertificateRequestInfo{AcceptableCAs: [][]byte{leaf.RawIssuer}}, &tls.Certificate{Certificate: chain.Certificate}, 2},
 		{"leaf alone already", &tls.CertificateRequestInfo{AcceptableCAs: [][]byte{leaf.RawIssuer}}, &tls.Certificate{Certificate: chain.Certificate[:1], Leaf: leaf}, 1},
 		{"no certificate", &tls.CertificateRequestInfo{}, nil, -1},
 	}

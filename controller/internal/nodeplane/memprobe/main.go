@@ -1,15 +1,10 @@
-// Command memprobe is netmapbench cut down to the memory phase, with a breakdown (heap vs stacks, heap profile).
-// netmapbench measures the node plane at scale: N simulated agents, each a real gRPC
-// WatchNetworkMap stream over real mTLS with its own certificate, against one controller node plane
-// (SQLite store, embedded CA) in this process. The agents run in worker processes (this binary with
-// -worker), up to -per-worker each, every worker dialling from its own loopback source address
-// (127.0.0.x), so that no process holds more than about 19,000 sockets.
+// Command memprobe is netmapbench cut down to the memory phase, with a breakdown (heap vs stacks,
+// heap profile): N simulated agents (grpc-go clients in worker processes, each a real gRPC
+// WatchNetworkMap stream over real mTLS with its own certificate) against one controller node plane
+// (SQLite store, embedded CA) in this process, whose node port is served the production way
+// (server.Serve with server.NodeHTTP2(), as cvlan-controller does).
 //
-// For each N it prints: the time for one node join to reach all N agents (p50, p99), the bytes of
-// that change in total and per agent, controller memory per connected agent, idle controller CPU,
-// the time for all N to reconnect after a controller restart, and the same join sent as full maps.
-//
-//	go run ./controller/internal/nodeplane/netmapbench -n 1000,10000
+//	go run ./controller/internal/nodeplane/memprobe -n 2000 [-memprofile FILE]
 package main
 
 import (
@@ -18,7 +13,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -28,7 +22,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,8 +35,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/cloudvlan/cloudvlan/controller/identity"
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane"
@@ -54,7 +45,6 @@ import (
 )
 
 var (
-	direct     = flag.Bool("direct", false, "serve through server.Serve with server.NodeHTTP2 (the production node port)")
 	memProfile string
 	probeOnly  = true
 )
@@ -139,18 +129,21 @@ type controller struct {
 	st    store.Store
 	ca    pki.Authority
 	plane *nodeplane.Plane
-	srv   *http.Server
-	ln    net.Listener
 	addr  string
-	done  chan struct{}
-	stop  context.CancelFunc
-	once  sync.Once
+	// stopServe ends server.Serve; served is closed when it has returned.
+	stopServe context.CancelFunc
+	served    chan struct{}
+	done      chan struct{}
+	stop      context.CancelFunc
+	once      sync.Once
 }
 
 func quiet() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }
 
+// startController runs a node plane and serves its node port the production way: server.Serve with
+// the node listener's mTLS configuration and server.NodeHTTP2(), as cvlan-controller does.
 func startController(ctx context.Context, st store.Store, ca pki.Authority, addr string, full bool) (*controller, error) {
 	pctx, stop := context.WithCancel(context.Background())
 	p, err := nodeplane.New(ctx, nodeplane.Deps{Store: st, Authority: ca, Log: quiet(), FullMaps: full})
@@ -160,44 +153,48 @@ func startController(ctx context.Context, st store.Store, ca pki.Authority, addr
 	}
 	c := &controller{st: st, ca: ca, plane: p, done: make(chan struct{}), stop: stop}
 	go func() { defer close(c.done); _ = p.Run(pctx) }()
-	var ln net.Listener
 	for i := 0; ; i++ {
-		ln, err = net.Listen("tcp", addr)
-		if err == nil || i > 50 {
-			break
+		if err = c.serve(addr); err == nil {
+			return c, nil
+		}
+		if i >= 50 {
+			_ = p.Close()
+			stop()
+			<-c.done
+			return nil, fmt.Errorf("serve node port on %s: %w", addr, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err != nil {
-		return nil, err
+}
+
+func (c *controller) serve(addr string) error {
+	sctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	errc := make(chan error, 1)
+	served := make(chan struct{})
+	listeners := []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}}
+	go func() {
+		defer close(served)
+		errc <- server.Serve(sctx, quiet(), listeners, func(m map[string]net.Addr) { ready <- m["node"].String() })
+	}()
+	select {
+	case c.addr = <-ready:
+		c.stopServe, c.served = cancel, served
+		return nil
+	case err := <-errc:
+		cancel()
+		if err == nil {
+			err = errors.New("server stopped before listening")
+		}
+		return err
 	}
-	c.ln, c.addr = ln, ln.Addr().String()
-	c.srv = &http.Server{Handler: p.Handler(), TLSConfig: p.TLSConfig(), ErrorLog: slog.NewLogLogger(quiet().Handler(), slog.LevelDebug)}
-	if *direct {
-		// The production node port: server.Serve with the node port's HTTP/2 settings.
-		_ = ln.Close()
-		sctx, scancel := context.WithCancel(context.Background())
-		ready := make(chan struct{})
-		go func() {
-			_ = server.Serve(sctx, quiet(), []server.Listener{{Name: "node", Addr: addr, TLS: p.TLSConfig(), Handler: p.Handler(), HTTP2: server.NodeHTTP2()}},
-				func(m map[string]net.Addr) { c.addr = m["node"].String(); close(ready) })
-		}()
-		<-ready
-		old := c.stop
-		c.stop = func() { scancel(); old() }
-		return c, nil
-	}
-	if err := http2.ConfigureServer(c.srv, &http2.Server{}); err != nil {
-		return nil, err
-	}
-	go func() { _ = c.srv.Serve(tls.NewListener(ln, c.srv.TLSConfig)) }()
-	return c, nil
 }
 
 func (c *controller) close() {
 	c.once.Do(func() {
+		c.stopServe()
 		_ = c.plane.Close()
-		_ = c.srv.Close()
+		<-c.served
 		c.stop()
 		<-c.done
 	})

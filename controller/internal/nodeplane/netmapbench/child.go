@@ -33,6 +33,7 @@ type event struct {
 	Addr       string `json:"addr,omitempty"`
 	T0         int64  `json:"t0,omitempty"`
 	Heap       int64  `json:"heap,omitempty"`
+	Stacks     int64  `json:"stacks,omitempty"`
 	RSS        int64  `json:"rss,omitempty"`
 	Goroutines int    `json:"goroutines,omitempty"`
 	Sockets    int    `json:"sockets,omitempty"`

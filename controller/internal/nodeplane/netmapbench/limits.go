@@ -9,10 +9,10 @@ import (
 )
 
 // Rough per-agent costs on this code (netmapbench at 1,000-10,000 agents), for the up-front
-// check only: controller heap+stacks+runtime slack per stream, and a worker's grpc-go client.
+// check only: controller heap+stacks+runtime slack per stream; a worker's cost per agent depends on
+// the client (workerPerAgent).
 const (
 	estControllerPerAgent = 110 << 10
-	estWorkerPerAgent     = 140 << 10
 	estReplicaBase        = 200 << 20
 	estEnginePerNode      = 4 << 10
 	fdMargin              = 300 // listener, store, CA files, pipes, PostgreSQL pool
@@ -35,7 +35,7 @@ func makePlan(n, replicas, perWorker int) plan {
 
 // check fails with a message that names the limit and the flags that fit when the plan would
 // exceed open files, ephemeral ports, source addresses, PostgreSQL connections or memory.
-func (p plan) check(storeKind string, force bool) error {
+func (p plan) check(storeKind, client string, force bool) error {
 	hardFiles := fileLimit()
 	perReplica := (p.n + p.replicas - 1) / p.replicas
 	needReplicas := (p.n + hardFiles - fdMargin - 1) / (hardFiles - fdMargin)
@@ -58,21 +58,36 @@ func (p plan) check(storeKind string, force bool) error {
 			return fmt.Errorf("%d replicas need about %d PostgreSQL connections, the cluster allows %d: use at most -replicas %d", p.replicas, need, pgMaxConnections, (pgMaxConnections-10)/(replicaMaxConns+2))
 		}
 	}
-	need := estimateMemory(p.n, p.replicas)
+	need := estimateMemory(p.n, p.replicas, client)
 	avail := memAvailable()
 	if avail > 0 && need > avail*9/10 && !force {
 		fit := p.n
-		for fit > 1000 && estimateMemory(fit, p.replicas) > avail*9/10 {
+		for fit > 1000 && estimateMemory(fit, p.replicas, client) > avail*9/10 {
 			fit -= 1000
 		}
-		return fmt.Errorf("N=%d needs about %.1f GiB (controllers %d KiB and agent workers %d KiB per agent, %d MiB per replica), %.1f GiB available: use -n %d or less (or -force to try anyway)",
-			p.n, gib(need), estControllerPerAgent>>10, estWorkerPerAgent>>10, estReplicaBase>>20, gib(avail), fit)
+		return fmt.Errorf("N=%d needs about %.1f GiB (controllers %d KiB and agent workers %d KiB per agent with -client %s, %d MiB per replica), %.1f GiB available: use -n %d or less (or -force to try anyway)",
+			p.n, gib(need), estControllerPerAgent>>10, workerPerAgent(client)>>10, client, estReplicaBase>>20, gib(avail), fit)
 	}
 	return nil
 }
 
-func estimateMemory(n, replicas int) int64 {
-	return int64(n)*(estControllerPerAgent+estWorkerPerAgent) + int64(replicas)*(estReplicaBase+int64(n)*estEnginePerNode)
+// workerPerAgent is what one simulated agent costs its worker process (RSS with GOGC 60), by
+// client. Measured at 2,000 agents (the "agent workers' memory" line; docs/benchmarks.md): lean
+// 57 KiB, connect 106 KiB, grpc 126 KiB; grpc-go measured about 140 KiB at 20,000 (connect storms
+// and retries leave more behind), so each gets the same 11 % margin.
+func workerPerAgent(client string) int64 {
+	switch client {
+	case clientGRPC:
+		return 140 << 10
+	case clientConnect:
+		return 118 << 10
+	default: // clientLean
+		return 64 << 10
+	}
+}
+
+func estimateMemory(n, replicas int, client string) int64 {
+	return int64(n)*(estControllerPerAgent+workerPerAgent(client)) + int64(replicas)*(estReplicaBase+int64(n)*estEnginePerNode)
 }
 
 func gib(b int64) float64 { return float64(b) / (1 << 30) }

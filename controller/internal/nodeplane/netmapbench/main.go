@@ -8,7 +8,11 @@
 // one process may hold here. In both modes the agents run in worker processes (this binary with
 // -worker FILE), spread evenly over the replicas, every worker dialling from its own loopback
 // source address (127.0.0.x), so that no process holds more than about 19,000 sockets and no
-// source address runs out of ephemeral ports.
+// source address runs out of ephemeral ports. The controller serves its node port the way
+// cvlan-controller does (server.Serve with server.NodeHTTP2()). The agents' client is -client: lean
+// (the default; gRPC written on x/net/http2's Framer, one goroutine and about 57 KiB per agent),
+// connect (connect-go over x/net/http2) or grpc (grpc-go, as cvlan-agent; about 126 KiB per agent).
+// -check only prints whether and how N fits on this machine.
 //
 // For each N it prints: the time for one node join to reach all N agents (p50, p99; the join is
 // committed through replica 0's store and timed at the agents of every replica), the bytes of that
@@ -24,13 +28,12 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -43,11 +46,10 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/nodeplane"
 	"github.com/cloudvlan/cloudvlan/controller/internal/pki"
+	"github.com/cloudvlan/cloudvlan/controller/internal/server"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 )
 
@@ -55,7 +57,7 @@ var memProfile string
 
 // options are the flags of a bench run.
 type options struct {
-	store                        string
+	store, client                string
 	replicas, perWorker, servers int
 	idle                         time.Duration
 	force                        bool
@@ -67,16 +69,18 @@ func main() {
 		replica = flag.String("replica", "", "internal: run as a controller replica with this input file")
 		ns      = flag.String("n", "1000,10000", "comma-separated agent counts")
 		timeout = flag.Duration("timeout", 90*time.Minute, "bound on the whole run")
+		check   = flag.Bool("check", false, "only run the up-front checks (open files, ports, addresses, PostgreSQL connections, memory) for every -n and print the plan")
 		o       options
 	)
 	flag.StringVar(&o.store, "store", "sqlite", "sqlite (one controller replica in this process) or postgres (-replicas processes on one PostgreSQL)")
 	flag.IntVar(&o.replicas, "replicas", 1, "controller replica processes (with -store postgres)")
+	flag.StringVar(&o.client, "client", clientLean, "simulated agents' gRPC client: "+clientLean+" (gRPC written on x/net/http2's Framer, one goroutine per agent), "+clientConnect+" (connect-go with WithGRPC over x/net/http2) or "+clientGRPC+" (grpc-go, as cvlan-agent)")
 	flag.IntVar(&o.perWorker, "per-worker", 5000, "at most this many agents per worker process")
 	flag.IntVar(&o.servers, "servers", 20, "server nodes every agent may reach (hub and spoke policy)")
 	flag.DurationVar(&o.idle, "idle", 10*time.Second, "idle CPU measurement window")
 	flag.BoolVar(&o.force, "force", false, "run even if the memory estimate says N does not fit")
 	cpuProfile := flag.String("cpuprofile", "", "write the controller process's CPU profile to this file (-store sqlite)")
-	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file (.replicaI per replica)")
+	flag.StringVar(&memProfile, "memprofile", "", "write the controller's heap profile with all agents connected to this file (.replicaI per replica; .workerI for each agent worker)")
 	flag.Parse()
 	switch {
 	case *worker != "":
@@ -96,6 +100,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "-store must be sqlite or postgres")
 		os.Exit(2)
 	}
+	if o.client != clientLean && o.client != clientConnect && o.client != clientGRPC {
+		fmt.Fprintf(os.Stderr, "-client must be %s, %s or %s\n", clientLean, clientConnect, clientGRPC)
+		os.Exit(2)
+	}
 	if o.replicas < 1 || o.perWorker < 1 {
 		fmt.Fprintln(os.Stderr, "-replicas and -per-worker must be at least 1")
 		os.Exit(2)
@@ -107,11 +115,19 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bad -n:", f)
 			os.Exit(2)
 		}
-		if err := makePlan(n, o.replicas, o.perWorker).check(o.store, o.force); err != nil {
+		if err := makePlan(n, o.replicas, o.perWorker).check(o.store, o.client, o.force); err != nil {
 			fmt.Fprintln(os.Stderr, "netmapbench:", err)
 			os.Exit(2)
 		}
 		counts = append(counts, n)
+	}
+	if *check {
+		for _, n := range counts {
+			p := makePlan(n, o.replicas, o.perWorker)
+			fmt.Printf("N=%d: fits: %d replica(s), %d worker processes of up to %d agents, about %.1f GiB (controllers %d KiB and agent workers %d KiB per agent with -client %s), %.1f GiB available\n",
+				n, p.replicas, p.workers, p.perWorkerMax, gib(estimateMemory(n, p.replicas, o.client)), estControllerPerAgent>>10, workerPerAgent(o.client)>>10, o.client, gib(memAvailable()))
+		}
+		return
 	}
 	if *cpuProfile != "" {
 		if f, err := os.Create(*cpuProfile); err == nil {
@@ -121,7 +137,8 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go server, grpc-go agents) over loopback TCP, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), loadAvg())
+	agents := map[string]string{clientLean: "lean agents (gRPC on x/net/http2's Framer)", clientConnect: "connect-go agents (WithGRPC over x/net/http2)", clientGRPC: "grpc-go agents"}[o.client]
+	fmt.Printf("netmapbench: %d CPUs, GOMAXPROCS %d, real TLS 1.3 + gRPC (connect-go handlers on the production node port: server.Serve, server.NodeHTTP2; %s) over loopback TCP, load average %s\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), agents, loadAvg())
 	var results []*result
 	for _, n := range counts {
 		r, err := runN(ctx, n, o)
@@ -148,10 +165,13 @@ func loadAvg() string {
 
 type result struct {
 	n, workers, servers, replicas           int
-	mode                                    string
+	mode, client                            string
 	perReplica                              []int
 	setup, connect                          time.Duration
 	heapPerAgent, rssPerAgent               float64
+	workerHeapPerAgent, workerRSSPerAgent   float64
+	workerStacksPerAgent                    float64
+	workerGoroutines                        int
 	idleCPU                                 float64
 	joinP50, joinP99, joinMax               time.Duration
 	joinBytes                               int64
@@ -175,6 +195,7 @@ func (r *result) print() {
 		fmt.Printf(", summed over %d replicas; streams per replica %v", r.replicas, r.perReplica)
 	}
 	fmt.Printf(")\n")
+	fmt.Printf("agent workers' memory:      %.1f KiB heap+stacks per agent (%.1f KiB of it stacks), %.1f KiB RSS per agent (%s client, %d goroutines in %d workers)\n", r.workerHeapPerAgent/1024, r.workerStacksPerAgent/1024, r.workerRSSPerAgent/1024, r.client, r.workerGoroutines, r.workers)
 	fmt.Printf("idle controller CPU:        %.2f%% of one core with N streams open", r.idleCPU*100)
 	if r.replicas > 1 {
 		fmt.Printf(" (summed over replicas)")
@@ -205,18 +226,24 @@ type controller struct {
 	st    store.Store
 	ca    pki.Authority
 	plane *nodeplane.Plane
-	srv   *http.Server
-	ln    net.Listener
 	addr  string
-	done  chan struct{}
-	stop  context.CancelFunc
-	once  sync.Once
+	// stopServe ends server.Serve (listener closed, GOAWAY, request contexts cancelled); served is
+	// closed when it has returned.
+	stopServe context.CancelFunc
+	served    chan struct{}
+	// stop ends the plane's Run; done is closed when it has returned.
+	stop context.CancelFunc
+	done chan struct{}
+	once sync.Once
 }
 
 func quiet() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 }
 
+// startController runs a node plane and serves its node port the way cvlan-controller does:
+// server.Serve with the node listener's mTLS configuration and server.NodeHTTP2(). On a restart
+// addr is the previous replica's address, which may take a moment to be free again.
 func startController(ctx context.Context, st store.Store, ca pki.Authority, addr string, full bool) (*controller, error) {
 	pctx, stop := context.WithCancel(context.Background())
 	p, err := nodeplane.New(ctx, nodeplane.Deps{Store: st, Authority: ca, Log: quiet(), FullMaps: full})
@@ -226,30 +253,51 @@ func startController(ctx context.Context, st store.Store, ca pki.Authority, addr
 	}
 	c := &controller{st: st, ca: ca, plane: p, done: make(chan struct{}), stop: stop}
 	go func() { defer close(c.done); _ = p.Run(pctx) }()
-	var ln net.Listener
 	for i := 0; ; i++ {
-		ln, err = net.Listen("tcp", addr)
-		if err == nil || i > 50 {
-			break
+		bound, err := c.serve(addr)
+		if err == nil {
+			c.addr = bound
+			return c, nil
+		}
+		if i >= 50 {
+			_ = p.Close()
+			stop()
+			<-c.done
+			return nil, fmt.Errorf("serve node port on %s: %w", addr, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err != nil {
-		return nil, err
+}
+
+// serve starts server.Serve with the node listener and returns its bound address once it listens.
+func (c *controller) serve(addr string) (string, error) {
+	sctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	errc := make(chan error, 1)
+	served := make(chan struct{})
+	listeners := []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}}
+	go func() {
+		defer close(served)
+		errc <- server.Serve(sctx, quiet(), listeners, func(m map[string]net.Addr) { ready <- m["node"].String() })
+	}()
+	select {
+	case a := <-ready:
+		c.stopServe, c.served = cancel, served
+		return a, nil
+	case err := <-errc:
+		cancel()
+		if err == nil {
+			err = errors.New("server stopped before listening")
+		}
+		return "", err
 	}
-	c.ln, c.addr = ln, ln.Addr().String()
-	c.srv = &http.Server{Handler: p.Handler(), TLSConfig: p.TLSConfig(), ErrorLog: slog.NewLogLogger(quiet().Handler(), slog.LevelDebug)}
-	if err := http2.ConfigureServer(c.srv, &http2.Server{}); err != nil {
-		return nil, err
-	}
-	go func() { _ = c.srv.Serve(tls.NewListener(ln, c.srv.TLSConfig)) }()
-	return c, nil
 }
 
 func (c *controller) close() {
 	c.once.Do(func() {
+		c.stopServe()
 		_ = c.plane.Close()
-		_ = c.srv.Close()
+		<-c.served
 		c.stop()
 		<-c.done
 	})
@@ -262,10 +310,13 @@ type agentCred struct {
 }
 
 type workerInput struct {
-	Target string      `json:"target"`
-	Source string      `json:"source"`
-	Root   string      `json:"root"`
-	Agents []agentCred `json:"agents"`
+	Target string `json:"target"`
+	Source string `json:"source"`
+	Client string `json:"client"`
+	// MemProfile, when set, is where "stats" writes the worker's heap profile.
+	MemProfile string      `json:"mem_profile,omitempty"`
+	Root       string      `json:"root"`
+	Agents     []agentCred `json:"agents"`
 }
 
 func randKey() string {

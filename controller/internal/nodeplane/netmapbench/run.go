@@ -23,7 +23,7 @@ func phase(n int) time.Duration { return 5*time.Minute + time.Duration(n)*10*tim
 
 func runN(ctx context.Context, n int, o options) (*result, error) {
 	p := makePlan(n, o.replicas, o.perWorker)
-	r := &result{n: n, servers: o.servers, replicas: o.replicas, workers: p.workers}
+	r := &result{n: n, servers: o.servers, replicas: o.replicas, workers: p.workers, client: o.client}
 	dir, err := os.MkdirTemp("", "netmapbench")
 	if err != nil {
 		return nil, err
@@ -86,7 +86,10 @@ func runN(ctx context.Context, n int, o options) (*result, error) {
 	t = time.Now()
 	for i := 0; i < p.workers; i++ {
 		chunk := creds[i*n/p.workers : (i+1)*n/p.workers]
-		in := workerInput{Target: addrs[i%len(addrs)], Source: fmt.Sprintf("127.0.0.%d", 10+i), Root: root, Agents: chunk}
+		in := workerInput{Target: addrs[i%len(addrs)], Source: fmt.Sprintf("127.0.0.%d", 10+i), Client: o.client, Root: root, Agents: chunk}
+		if memProfile != "" {
+			in.MemProfile = fmt.Sprintf("%s.worker%d", memProfile, i)
+		}
 		b, _ := json.Marshal(in)
 		file := filepath.Join(dir, fmt.Sprintf("worker-%d.json", i))
 		if err := os.WriteFile(file, b, 0o600); err != nil {
@@ -124,6 +127,18 @@ func runN(ctx context.Context, n int, o options) (*result, error) {
 		return nil, fmt.Errorf("memory: %w", err)
 	}
 	r.heapPerAgent, r.rssPerAgent = float64(h)/float64(n), float64(rs)/float64(n)
+	var wh, wst, wr int64
+	for _, w := range ws {
+		ev, err := w.call(ctx, command{Cmd: "stats"}, "stats", time.Minute)
+		if err != nil {
+			return nil, fmt.Errorf("worker memory: %w", err)
+		}
+		wh += ev.Heap
+		wst += ev.Stacks
+		wr += ev.RSS
+		r.workerGoroutines += ev.Goroutines
+	}
+	r.workerHeapPerAgent, r.workerStacksPerAgent, r.workerRSSPerAgent = float64(wh)/float64(n), float64(wst)/float64(n), float64(wr)/float64(n)
 	cpu0, err := fl.cpu(ctx)
 	if err != nil {
 		return nil, err

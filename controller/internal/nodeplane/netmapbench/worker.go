@@ -13,18 +13,13 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
-	"strconv"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cloudvlan/cloudvlan/controller/identity"
@@ -60,8 +55,7 @@ func (a *arming) record(at int64, size int) {
 
 type simAgent struct {
 	w       *worker
-	cred    agentCred
-	ctl     nodev1.ControlServiceClient
+	ctl     agentClient
 	session string
 	st      netmapstate.State
 	streams int64
@@ -88,6 +82,9 @@ func runWorker(file string) error {
 	// The agents' side is not what is measured: trade the worker's CPU for memory, so that more
 	// simulated agents fit in the machine next to the controller replicas.
 	debug.SetGCPercent(60)
+	// The worker's own baseline: what the agents add to it (their credentials, clients and
+	// connections) is reported per agent by "stats".
+	baseHeap, baseRSS := heap(), rss()
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -95,6 +92,9 @@ func runWorker(file string) error {
 	var in workerInput
 	if err := json.Unmarshal(b, &in); err != nil {
 		return err
+	}
+	if in.MemProfile != "" {
+		runtime.MemProfileRate = 4096 // fine enough to attribute a few KiB per agent
 	}
 	rootDER, _ := base64.StdEncoding.DecodeString(in.Root)
 	root, err := x509.ParseCertificate(rootDER)
@@ -119,38 +119,31 @@ func runWorker(file string) error {
 			d, _ := base64.StdEncoding.DecodeString(s)
 			chain = append(chain, d)
 		}
-		leaf, _ := x509.ParseCertificate(chain[0])
-		cert := &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
+		// No parsed Leaf: TLS does not need it to present the chain, and it would cost each
+		// agent about 3 KiB.
+		cert := &tls.Certificate{Certificate: chain, PrivateKey: key}
 		tc := &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13,
 			GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				// Like real agents: the leaf alone when the controller names its intermediate.
 				return identity.ClientCertificate(cri, cert), nil
 			}}
-		cc, err := grpc.NewClient("passthrough:///"+in.Target,
-			grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) }),
-			grpc.WithWriteBufferSize(8<<10), grpc.WithReadBufferSize(8<<10), grpc.WithSharedWriteBuffer(true),
-			// grpc's own reconnect backoff (default 1 s growing to 120 s) would dominate the
-			// restart measurement; agents should reconnect as fast as the controller admits them.
-			// A connection attempt gets 30 s: on two loaded cores a TLS handshake in a storm of
-			// thousands can take seconds, and abandoning it at 5 s wastes the work done so far
-			// (the connect storm collapsed into retries that way at 10,000 agents, load 20+).
-			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second}, MinConnectTimeout: 30 * time.Second}),
-		)
+		ac, err := newAgentClient(in.Client, agentDial{target: in.Target, dialer: dialer, tls: tc})
 		if err != nil {
 			return err
 		}
 		sid := make([]byte, 8)
 		_, _ = rand.Read(sid)
-		a := &simAgent{w: w, cred: c, ctl: nodev1.NewControlServiceClient(cc), session: hex.EncodeToString(sid)}
+		a := &simAgent{w: w, ctl: ac, session: hex.EncodeToString(sid)}
 		wg.Add(1)
 		// Agents start spread out (200 µs apart), as machines booting would.
 		delay := time.Duration(i) * 200 * time.Microsecond
 		go func() {
 			defer wg.Done()
-			defer cc.Close()
+			defer ac.close()
 			a.run(ctx, delay)
 		}()
 	}
+	in.Agents = nil // the credentials now live in the agents' TLS configurations only
 	go func() {
 		<-w.readyC
 		w.emit(event{Type: "ready"})
@@ -168,6 +161,19 @@ func runWorker(file string) error {
 			continue
 		}
 		switch c.Cmd {
+		case "stats":
+			// RSS first: as the process runs, before heap() collects and returns memory.
+			r := rss() - baseRSS
+			h := heap() - baseHeap
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if in.MemProfile != "" {
+				if f, err := os.Create(in.MemProfile); err == nil {
+					_ = pprof.WriteHeapProfile(f)
+					_ = f.Close()
+				}
+			}
+			w.emit(event{Type: "stats", RSS: r, Heap: h, Stacks: int64(ms.StackInuse), Goroutines: runtime.NumGoroutine(), Count: int(w.ready.Load())})
 		case "quit":
 			cancel()
 			wg.Wait()
@@ -241,25 +247,20 @@ func (a *simAgent) run(ctx context.Context, delay time.Duration) {
 }
 
 func (a *simAgent) once(ctx context.Context) (retryAfter time.Duration, progressed bool) {
-	var trailer metadata.MD
-	s, err := a.ctl.WatchNetworkMap(ctx, &nodev1.WatchNetworkMapRequest{KnownVersion: a.st.Version(), SessionId: a.session}, grpc.Trailer(&trailer), grpc.WaitForReady(true))
+	s, err := a.ctl.watch(ctx, &nodev1.WatchNetworkMapRequest{KnownVersion: a.st.Version(), SessionId: a.session})
 	if err != nil {
 		return 0, false
 	}
 	a.streams++
 	first := true
 	for {
-		m, err := s.Recv()
+		m, err := s.recv()
 		if err != nil {
-			if status.Code(err) == codes.ResourceExhausted {
+			if shed, after := s.shed(err); shed {
 				if ar := a.w.armed.Load(); ar != nil && ar.reconnect {
 					ar.refused.Add(1)
 				}
-				if v := trailer.Get("retry-after-ms"); len(v) > 0 {
-					if ms, perr := strconv.Atoi(v[0]); perr == nil {
-						retryAfter = time.Duration(ms) * time.Millisecond
-					}
-				}
+				retryAfter = after
 			}
 			return retryAfter, progressed
 		}
@@ -295,7 +296,7 @@ func (a *simAgent) once(ctx context.Context) (retryAfter time.Duration, progress
 			}
 		}
 		first = false
-		_, _ = a.ctl.AckNetworkMap(ctx, &nodev1.AckNetworkMapRequest{Version: a.st.Version(), StateHash: a.st.Hash()})
+		_ = a.ctl.ack(ctx, &nodev1.AckNetworkMapRequest{Version: a.st.Version(), StateHash: a.st.Hash()})
 	}
 }
 

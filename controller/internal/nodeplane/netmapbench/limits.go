@@ -9,10 +9,11 @@ import (
 )
 
 // Rough per-agent costs on this code (netmapbench at 1,000-10,000 agents), for the up-front
-// check only: controller heap+stacks+runtime slack per stream; a worker's cost per agent depends on
-// the client (workerPerAgent).
+// check only: controller heap+stacks+runtime slack per stream (45 KiB RSS measured at 10,000 on the
+// lean HTTP/2 node port, ADR 010; the rest is margin for replica processes on PostgreSQL); a worker's
+// cost per agent depends on the client (workerPerAgent).
 const (
-	estControllerPerAgent = 110 << 10
+	estControllerPerAgent = 64 << 10
 	estReplicaBase        = 200 << 20
 	estEnginePerNode      = 4 << 10
 	fdMargin              = 300 // listener, store, CA files, pipes, PostgreSQL pool

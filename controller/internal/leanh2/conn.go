@@ -219,6 +219,12 @@ func (c *conn) serve() error {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
+				// A refused request still opens its stream: later frames on it are not "idle".
+				c.mu.Lock()
+				if se.StreamID%2 == 1 && se.StreamID > c.lastStreamID {
+					c.lastStreamID = se.StreamID
+				}
+				c.mu.Unlock()
 				c.resetStream(se.StreamID, se.Code)
 				continue
 			}

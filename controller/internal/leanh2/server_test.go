@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -493,5 +494,47 @@ func TestIdleStreamCost(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if per := float64(runtime.NumGoroutine()-before) / conns; per > 2.0 {
 		t.Fatalf("%.2f goroutines per idle streaming connection, want 2", per)
+	}
+}
+
+// TestConnectionWindowAccounting: what the server gives back to the connection window is what the
+// handlers consumed, no more (more would let a client make the server buffer without bound).
+func TestConnectionWindowAccounting(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, strconv.FormatInt(n, 10))
+	})
+	ts := newTestServer(t, &Server{}, h)
+	rc := ts.raw(t)
+	const requests, size = 12, 10 << 10
+	var returned uint32
+	for i := range requests {
+		id := uint32(2*i + 1)
+		rc.request(id, "/upload", false)
+		if err := rc.fr.WriteData(id, true, make([]byte, size)); err != nil {
+			t.Fatal(err)
+		}
+		for done := false; !done; {
+			f, err := rc.fr.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch f := f.(type) {
+			case *http2.WindowUpdateFrame:
+				if f.StreamID == 0 {
+					returned += f.Increment
+				}
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = rc.fr.WriteSettingsAck()
+				}
+			case *http2.DataFrame:
+				done = f.StreamID == id && f.StreamEnded()
+			}
+		}
+	}
+	sent := uint32(requests * size)
+	if returned > sent || returned < sent-windowUpdateAt {
+		t.Fatalf("server returned %d bytes of connection window for %d consumed", returned, sent)
 	}
 }

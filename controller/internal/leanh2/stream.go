@@ -190,7 +190,8 @@ func (c *conn) endStream(st *stream) {
 	delete(c.streams, st.id)
 	rstNoError := !st.bodyEOF && !st.reset
 	st.bodyDone = true
-	c.recvUnacked += int64(len(st.body)) + st.recvUnacked
+	// Data the handler read is already counted in c.recvUnacked; what it left is given back now.
+	c.recvUnacked += int64(len(st.body))
 	st.body = nil
 	update := c.takeConnUpdateLocked()
 	drained := c.goingAway && len(c.streams) == 0
@@ -274,7 +275,7 @@ type responseWriter struct {
 	st       *stream
 	hdr      http.Header
 	status   int      // written with WriteHeader
-	sent     []string // headers snapshot at WriteHeader: "Trailer" names
+	sent     []string // trailer names declared in the Trailer header at WriteHeader
 	header   []hpack.HeaderField
 	sentHdr  bool
 	buf      []byte

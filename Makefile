@@ -19,7 +19,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 20m
 
 all: build
 
-## tools: build the pinned code generators and grpcurl (build/tools/go.mod) into bin/tools.
+## tools: build the pinned code generators, grpcurl and h2spec (build/tools/go.mod) into bin/tools.
 tools: $(BUF)
 $(BUF): build/tools/go.mod build/tools/go.sum
 	cd build/tools && GOWORK=off GOBIN=$(TOOLS) $(GO) install tool

@@ -292,6 +292,11 @@ func (c *conn) process(f http2.Frame) error {
 		return nil
 	case *http2.PushPromiseFrame:
 		return protocolErr("client sent PUSH_PROMISE")
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol) // a stream cannot depend on itself
+		}
+		return nil
 	default:
 		// PRIORITY, unknown extension frames: nothing to do.
 		return nil
@@ -398,16 +403,17 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	}
 	c.recvWindow -= n
 	st := c.streams[id]
-	if st != nil && st.bodyEOF {
+	if st == nil || st.bodyEOF || st.reset {
+		// Closed, or the client's side of it is (RFC 9113 section 5.1): a stream error; the data
+		// is dropped and its window given back.
 		c.recvUnacked += n
 		update := c.takeConnUpdateLocked()
 		c.mu.Unlock()
-		c.resetStream(id, http2.ErrCodeStreamClosed) // DATA after END_STREAM
+		c.resetStream(id, http2.ErrCodeStreamClosed)
 		return c.sendUpdates(0, 0, update)
 	}
-	if st == nil || st.bodyDone || st.reset {
-		// A closed stream, or a body the handler no longer reads: the data is dropped and its
-		// window given back.
+	if st.bodyDone {
+		// The handler no longer reads the body: dropped, its window given back.
 		c.recvUnacked += n
 		update := c.takeConnUpdateLocked()
 		c.mu.Unlock()
@@ -426,12 +432,17 @@ func (c *conn) onData(f *http2.DataFrame) error {
 	c.recvUnacked += pad
 	st.recvUnacked += pad
 	st.body = append(st.body, data...)
-	if f.StreamEnded() {
-		st.bodyEOF = true
+	st.received += int64(len(data))
+	malformed := st.declared >= 0 && st.received > st.declared
+	if f.StreamEnded() && st.endBodyLocked() != nil {
+		malformed = true
 	}
 	st.wakeReaderLocked()
 	update := c.takeConnUpdateLocked()
 	c.mu.Unlock()
+	if malformed {
+		c.resetStream(id, http2.ErrCodeProtocol) // content-length and DATA disagree
+	}
 	return c.sendUpdates(0, 0, update)
 }
 

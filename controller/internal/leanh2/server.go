@@ -31,9 +31,10 @@ type Server struct {
 	// MaxReadFrameSize is the largest frame a client may send (default and minimum 16 KiB). The read
 	// buffer grows to the largest frame received and stays that size for the connection's life.
 	MaxReadFrameSize uint32
-	// MaxHeaderListSize bounds a request's decoded header list (default 16 KiB).
+	// MaxHeaderListSize bounds a request's decoded header list (default 64 KiB).
 	MaxHeaderListSize uint32
-	// HeaderTableSize is the hpack dynamic table a client may fill per connection (default 1 KiB).
+	// HeaderTableSize is the hpack dynamic table a client may fill per connection (default 4 KiB,
+	// HTTP/2's).
 	HeaderTableSize uint32
 	// WriteTimeout bounds a single write to a connection when the handler set no write deadline
 	// (default 30 s). A connection whose write times out is closed: its peer stopped reading.
@@ -52,8 +53,8 @@ type Server struct {
 const (
 	defaultMaxStreams   = 100
 	minMaxFrameSize     = 16 << 10
-	defaultHeaderList   = 16 << 10
-	defaultHeaderTable  = 1 << 10
+	defaultHeaderList   = 64 << 10
+	defaultHeaderTable  = 4 << 10
 	defaultWriteTimeout = 30 * time.Second
 	defaultPreface      = 10 * time.Second
 	// initialWindow is HTTP/2's default window, which this server keeps for every stream and the

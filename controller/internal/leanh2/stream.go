@@ -31,7 +31,20 @@ type stream struct {
 	recvWindow  int64 // what the client may still send on this stream
 	recvUnacked int64 // read by the handler, not yet returned in a WINDOW_UPDATE
 	sendWindow  int64
-	reset       bool // RST_STREAM was sent or received
+	reset       bool  // RST_STREAM was sent or received
+	declared    int64 // the request's content-length, -1 if none
+	received    int64 // request body bytes received
+}
+
+// endBodyLocked records the end of the client's side; a body shorter than its declared
+// content-length is malformed. c.mu is held.
+func (st *stream) endBodyLocked() error {
+	st.bodyEOF = true
+	st.wakeReaderLocked()
+	if st.declared >= 0 && st.received != st.declared {
+		return fmt.Errorf("leanh2: request body of %d bytes, content-length %d", st.received, st.declared)
+	}
+	return nil
 }
 
 // abort ends the stream's handler context and wakes its waiters.
@@ -58,10 +71,18 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if id%2 == 0 {
 		return protocolErr("client opened even stream %d", id)
 	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		c.mu.Lock()
+		c.lastStreamID = max(c.lastStreamID, id)
+		c.mu.Unlock()
+		c.resetStream(id, http2.ErrCodeProtocol) // a stream cannot depend on itself
+		return nil
+	}
 	c.mu.Lock()
 	if id <= c.lastStreamID {
 		st := c.streams[id]
-		if st == nil {
+		if st == nil || st.bodyEOF || st.reset {
+			// Closed, or the client's side of it is: no more HEADERS (RFC 9113 section 5.1).
 			c.mu.Unlock()
 			return connErr{code: http2.ErrCodeStreamClosed, reason: fmt.Sprintf("HEADERS on closed stream %d", id)}
 		}
@@ -70,8 +91,11 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			c.mu.Unlock()
 			return protocolErr("trailers without END_STREAM on stream %d", id)
 		}
-		st.bodyEOF = true
-		st.wakeReaderLocked()
+		if err := st.endBodyLocked(); err != nil {
+			c.mu.Unlock()
+			c.resetStream(id, http2.ErrCodeProtocol)
+			return nil
+		}
 		c.mu.Unlock()
 		return nil
 	}
@@ -85,12 +109,13 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if f.Truncated {
 		return c.respondError(id, http.StatusRequestHeaderFieldsTooLarge)
 	}
-	req, status := c.newRequest(f)
-	if status != 0 {
-		return c.respondError(id, status)
+	req, ok := c.newRequest(f)
+	if !ok {
+		// Malformed (RFC 9113 section 8.1.1): a stream error.
+		return c.write(time.Time{}, func(*batch) error { return c.fr.WriteRSTStream(id, http2.ErrCodeProtocol) })
 	}
 
-	st := &stream{c: c, id: id, recvWindow: initialWindow}
+	st := &stream{c: c, id: id, recvWindow: initialWindow, declared: req.ContentLength}
 	st.ctx, st.cancel = context.WithCancelCause(c.base)
 	c.mu.Lock()
 	if c.closed {
@@ -112,41 +137,47 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-// newRequest builds the http.Request of a HEADERS frame, or an HTTP status to refuse it with.
-func (c *conn) newRequest(f *http2.MetaHeadersFrame) (*http.Request, int) {
+// connectionHeaders may not appear in HTTP/2 (RFC 9113 section 8.2.2); "te" only as "trailers".
+var connectionHeaders = map[string]bool{"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true, "upgrade": true}
+
+// newRequest builds the http.Request of a HEADERS frame; ok is false for a malformed request.
+func (c *conn) newRequest(f *http2.MetaHeadersFrame) (req *http.Request, ok bool) {
 	method, path := f.PseudoValue("method"), f.PseudoValue("path")
 	authority, scheme := f.PseudoValue("authority"), f.PseudoValue("scheme")
 	if method == "" || path == "" || scheme == "" || method == http.MethodConnect || f.PseudoValue("protocol") != "" {
-		return nil, http.StatusBadRequest
+		return nil, false
 	}
 	u, err := url.ParseRequestURI(path)
 	if err != nil {
-		return nil, http.StatusBadRequest
+		return nil, false
 	}
 	regular := f.RegularFields()
 	hdr := make(http.Header, len(regular))
 	for _, hf := range regular {
+		if connectionHeaders[hf.Name] || (hf.Name == "te" && hf.Value != "trailers") {
+			return nil, false
+		}
 		k := http.CanonicalHeaderKey(hf.Name)
 		hdr[k] = append(hdr[k], hf.Value)
 	}
 	if authority == "" {
 		authority = hdr.Get("Host")
 	}
-	req := &http.Request{
+	req = &http.Request{
 		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: hdr, Host: authority,
 		RemoteAddr: c.remote, RequestURI: path, TLS: c.tls, ContentLength: -1,
 	}
 	if cl := hdr.Get("Content-Length"); cl != "" {
 		n, err := strconv.ParseInt(cl, 10, 64)
-		if err != nil || n < 0 {
-			return nil, http.StatusBadRequest
+		if err != nil || n < 0 || (f.StreamEnded() && n != 0) {
+			return nil, false
 		}
 		req.ContentLength = n
 	}
 	if f.StreamEnded() {
 		req.ContentLength = 0
 	}
-	return req, 0
+	return req, true
 }
 
 // respondError answers a request that reaches no handler with a bare status.

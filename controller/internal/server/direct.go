@@ -26,8 +26,9 @@ func NodeHTTP2() *leanh2.Server {
 		// The largest frame a client may send; the read buffer grows to the largest frame received
 		// and stays that size for the connection's life.
 		MaxReadFrameSize: 16 << 10,
-		// Agents make a handful of calls per connection: a small header table suffices.
-		HeaderTableSize:      1 << 10,
+		// HTTP/2's default header table: agents fill a few hundred bytes of it, and clients that
+		// do not wait for our SETTINGS may assume the default.
+		HeaderTableSize:      4 << 10,
 		MaxConcurrentStreams: 100,
 	}
 }

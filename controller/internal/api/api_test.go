@@ -898,6 +898,29 @@ func TestWatchEvents(t *testing.T) {
 		g.GetConnections()[0].GetStatus() != v1.VRouterConnectionStatus_V_ROUTER_CONNECTION_STATUS_UP {
 		t.Fatalf("vrouter status event %v", got[0])
 	}
+	// A relay's status write (offline marking, report with unchanged addresses) arrives as an
+	// update of the relay, whose etag is still the one of its creation.
+	rl := &domain.Relay{TenantID: blue, Name: "relay-blue", Addresses: []string{"192.0.2.10:443"}}
+	if err := e.st.Tx(ctx, store.TenantScope(blue), func(tx store.Tx) error { return tx.CreateRelay(ctx, rl) }); err != nil {
+		t.Fatal(err)
+	}
+	expect("viewer", s, want{v1.ResourceType_RESOURCE_TYPE_RELAY, rl.ID, created})
+	err = e.st.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+		r, err := tx.GetRelay(ctx, rl.ID)
+		if err != nil {
+			return err
+		}
+		r.Status, r.Stats.ConnectedClients = domain.RelayOffline, 7
+		return tx.UpdateRelayStatus(ctx, r, true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = expect("viewer", s, want{v1.ResourceType_RESOURCE_TYPE_RELAY, rl.ID, v1.EventType_EVENT_TYPE_UPDATED})
+	if g := got[0].GetRelay(); got[0].GetEtag() != "v1" || g.GetEtag() != "v1" || g.GetStatus() != v1.RelayStatus_RELAY_STATUS_OFFLINE ||
+		g.GetStats().GetConnectedClients() != 7 {
+		t.Fatalf("relay status event %v", got[0])
+	}
 	if _, err := blueC.events.WatchEvents(ctx, connect.NewRequest(&v1.WatchEventsRequest{AllTenants: true})); err == nil {
 		// A server stream reports its error on the first Receive.
 	}

@@ -213,6 +213,10 @@ func (s *server) WatchEvents(ctx context.Context, req *connect.Request[v1.WatchE
 			case domain.ResourceVRouterStatus:
 				// Connection states reported by the vrouter (same version): an update of the vrouter.
 				e.ResourceType = domain.ResourceVRouter
+			case domain.ResourceRelayStatus:
+				// A relay's online/offline status or reported version (same version): an update
+				// of the relay.
+				e.ResourceType = domain.ResourceRelay
 			}
 			if !mayWatch(p, tenant, e) {
 				continue

@@ -387,6 +387,12 @@ type Relay struct {
 	NodeID string `json:"node_id,omitempty"`
 }
 
+// SetStatusFrom copies the runtime status of from onto r: status, last seen, stats and software
+// version. The configuration of r (including its reported addresses) is left alone.
+func (r *Relay) SetStatusFrom(from *Relay) {
+	r.Status, r.LastSeenTime, r.Stats, r.SoftwareVersion = from.Status, from.LastSeenTime, from.Stats, from.SoftwareVersion
+}
+
 // RelayStats are a relay's last reported counters.
 type RelayStats struct {
 	ConnectedClients int32  `json:"connected_clients,omitempty"`
@@ -609,6 +615,10 @@ const (
 	// states, reports): its configuration and version are unchanged, so vrouter and relay config
 	// streams skip them; the API shows them as vrouter updates.
 	ResourceVRouterStatus = "vrouter_status"
+	// ResourceRelayStatus marks change events of a relay's runtime status (online/offline,
+	// reports with unchanged addresses): relay maps and relay config streams are unaffected, so
+	// map loaders and config streams skip them; the API shows them as relay updates.
+	ResourceRelayStatus = "relay_status"
 )
 
 // ChangeOp says what happened to a resource.

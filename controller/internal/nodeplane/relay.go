@@ -2,8 +2,10 @@ package nodeplane
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -76,23 +78,41 @@ func (s relayService) ReportRelayStatus(ctx context.Context, req *connect.Reques
 		addrs = append(addrs, u.Host)
 	}
 	now := p.now().UTC()
-	err = p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
-		r, err := tx.GetRelay(ctx, c.ID.ResourceID)
-		if err != nil {
-			return err
+	counters := m.GetCounters()
+	report := &domain.Relay{Status: domain.RelayOnline, LastSeenTime: now, SoftwareVersion: m.GetVersion(), Stats: domain.RelayStats{
+		ConnectedClients: int32(min(counters.GetConnectedClients(), 1<<31-1)), MeshPeers: int32(min(counters.GetConnectedMeshPeers(), 1<<31-1)),
+		BytesForwarded: counters.GetBytesForwarded(), PacketsForwarded: counters.GetPacketsForwarded(), Drops: counters.GetDrops(), UpdateTime: now,
+	}}
+	// Unchanged addresses make a status write: it keeps the relay's version (API clients' etags
+	// stay valid), wakes no config stream and no map loader, and notifies WatchEvents only when
+	// the status or reported software version changed. New addresses or a new STUN address are a
+	// configuration change (agents' relay maps and other relays' mesh peers list them): a full
+	// update with a new version and a relay event. A change committed between the read and the
+	// write conflicts: read again.
+	moved := false
+	for attempt := 1; ; attempt++ {
+		err = p.deps.Store.Tx(ctx, store.AllTenants(), func(tx store.Tx) error {
+			r, err := tx.GetRelay(ctx, c.ID.ResourceID)
+			if err != nil {
+				return err
+			}
+			notify := r.Status != report.Status || r.SoftwareVersion != report.SoftwareVersion
+			r.SetStatusFrom(report)
+			if moved = !slices.Equal(r.Addresses, addrs) || r.STUNAddress != m.GetStunAddress(); moved {
+				r.Addresses, r.STUNAddress = addrs, m.GetStunAddress()
+				return tx.UpdateRelay(ctx, r)
+			}
+			return tx.UpdateRelayStatus(ctx, r, notify)
+		})
+		if !errors.Is(err, domain.ErrConflict) || attempt == 3 {
+			break
 		}
-		r.Addresses, r.STUNAddress = addrs, m.GetStunAddress()
-		r.Status, r.LastSeenTime, r.SoftwareVersion = domain.RelayOnline, now, m.GetVersion()
-		c := m.GetCounters()
-		r.Stats = domain.RelayStats{
-			ConnectedClients: int32(min(c.GetConnectedClients(), 1<<31-1)), MeshPeers: int32(min(c.GetConnectedMeshPeers(), 1<<31-1)),
-			BytesForwarded: c.GetBytesForwarded(), PacketsForwarded: c.GetPacketsForwarded(), Drops: c.GetDrops(), UpdateTime: now,
-		}
-		return tx.UpdateRelay(ctx, r)
-	})
+	}
 	if err != nil {
 		return nil, toConnect(fmt.Errorf("record relay status: %w", err))
 	}
-	p.relays.drop(c.ID.ResourceID)
+	if moved {
+		p.relays.drop(c.ID.ResourceID)
+	}
 	return connect.NewResponse(&relayv1.ReportRelayStatusResponse{ReportInterval: durationpb.New(p.deps.ReportInterval)}), nil
 }

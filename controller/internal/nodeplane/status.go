@@ -512,8 +512,10 @@ func (w *statusWriter) sweepOffline(ctx context.Context) error {
 				if err != nil || cur.Status != domain.RelayOnline || !cur.LastSeenTime.Before(cutoff) {
 					return err
 				}
+				// A status write: the relay's version (etag) stays, relay maps are unaffected; the
+				// relay_status event tells WatchEvents clients.
 				cur.Status = domain.RelayOffline
-				return tx.UpdateRelay(ctx, cur)
+				return tx.UpdateRelayStatus(ctx, cur, true)
 			})
 			if err != nil && !store.IsNotFound(err) {
 				p.log.WarnContext(ctx, "mark relay offline", "relay", r.ID, "err", err)

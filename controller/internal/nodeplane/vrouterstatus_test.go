@@ -21,8 +21,9 @@ import (
 	vrouterv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/vrouter/v1"
 )
 
-// apiVRouters serves the controller API on e's store and returns a tenant_admin's vrouter client.
-func apiVRouters(t *testing.T, e *env) cloudvlanv1connect.VRouterServiceClient {
+// apiServer serves the controller API on e's store and returns an HTTP client, the server's URL
+// and a tenant_admin's credentials for it.
+func apiServer(t *testing.T, e *env) (*http.Client, string, connect.ClientOption) {
 	t.Helper()
 	key, label, hash, err := auth.NewSecret(auth.APIKeyPrefix)
 	if err != nil {
@@ -44,7 +45,14 @@ func apiVRouters(t *testing.T, e *env) cloudvlanv1connect.VRouterServiceClient {
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); a.Close() })
-	return cloudvlanv1connect.NewVRouterServiceClient(srv.Client(), srv.URL, proctest.Bearer(key))
+	return srv.Client(), srv.URL, proctest.Bearer(key)
+}
+
+// apiVRouters serves the controller API on e's store and returns a tenant_admin's vrouter client.
+func apiVRouters(t *testing.T, e *env) cloudvlanv1connect.VRouterServiceClient {
+	t.Helper()
+	hc, url, cred := apiServer(t, e)
+	return cloudvlanv1connect.NewVRouterServiceClient(hc, url, cred)
 }
 
 // TestVRouterReportKeepsEtag: a connection status report changes what the API shows but not the

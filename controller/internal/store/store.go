@@ -427,6 +427,14 @@ type Tx interface {
 	ListRelays(ctx context.Context, f RelayFilter, o ListOptions) (*Page[domain.Relay], error)
 	CreateRelay(ctx context.Context, v *domain.Relay) error
 	UpdateRelay(ctx context.Context, v *domain.Relay) error
+	// UpdateRelayStatus stores a change of the relay's runtime status only (status, last seen,
+	// stats, software version) and keeps its version and update time, like UpdateVRouterStatus:
+	// the other fields, addresses and STUN address included, are taken from the stored row,
+	// never from v (a change of those is an UpdateRelay: relay maps depend on them). v.Version,
+	// when set, must still be the stored version (ErrConflict otherwise). With notify it records
+	// a domain.ResourceRelayStatus event (map loaders and relay config streams ignore it,
+	// WatchEvents shows it as an update of the relay); without, nothing.
+	UpdateRelayStatus(ctx context.Context, v *domain.Relay, notify bool) error
 	DeleteRelay(ctx context.Context, id string, version int64) error
 
 	GetVRouter(ctx context.Context, id string) (*domain.VRouter, error)

@@ -330,3 +330,137 @@ func testVRouterStatusWrites(t *testing.T, h Harness) {
 		t.Fatal("UpdateVRouterStatus in a read-only transaction succeeded")
 	}
 }
+
+// testRelayStatusWrites: a relay status write keeps the version and update time (etags stay
+// valid), changes only status, last seen, stats and software version (never the addresses relay
+// maps are built from), records a relay_status event only with notify, and refuses a status
+// computed from an older version, a tenant's write of a shared relay, another tenant's relay and
+// read-only transactions.
+func testRelayStatusWrites(t *testing.T, h Harness) {
+	s := h.New(t)
+	c := ctx(t)
+	f := newTenant(t, s, "rlstatus", "")
+	region := &domain.Region{Name: "frankfurt", Code: "eu-central"}
+	must(t, s, store.AllTenants(), func(tx store.Tx) error { return tx.CreateRegion(c, region) })
+	own := &domain.Relay{RegionID: region.ID, Name: "relay-own", Addresses: []string{"192.0.2.1:443"}, STUNAddress: "192.0.2.1:3478"}
+	shared := &domain.Relay{RegionID: region.ID, Name: "relay-shared", Addresses: []string{"192.0.2.2:443"}}
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.CreateRelay(c, own) })
+	must(t, s, store.AllTenants(), func(tx store.Tx) error { return tx.CreateRelay(c, shared) })
+	get := func(id string) *domain.Relay {
+		t.Helper()
+		var g *domain.Relay
+		must(t, s, store.AllTenants(), func(tx store.Tx) (err error) { g, err = tx.GetRelay(c, id); return err })
+		return g
+	}
+	seen := time.Now().UTC().Truncate(time.Microsecond)
+	tests := []struct {
+		name   string
+		relay  *domain.Relay
+		scope  store.Scope
+		change func(*domain.Relay)
+		notify bool
+		want   func(*domain.Relay) error
+	}{
+		{"own relay online, notified", own, f.scope, func(r *domain.Relay) {
+			r.Status, r.LastSeenTime, r.SoftwareVersion = domain.RelayOnline, seen, "1.2.3"
+			r.Stats = domain.RelayStats{ConnectedClients: 3, MeshPeers: 1, BytesForwarded: 1000, Drops: map[string]uint64{"queue_full": 2}, UpdateTime: seen}
+			// Configuration changes in a status write are ignored.
+			r.Name, r.Addresses, r.STUNAddress = "renamed", []string{"198.51.100.9:443"}, "198.51.100.9:3478"
+		}, true, func(g *domain.Relay) error {
+			switch {
+			case g.Status != domain.RelayOnline || !g.LastSeenTime.Equal(seen) || g.SoftwareVersion != "1.2.3":
+				return fmt.Errorf("status %s, last seen %v, version %q", g.Status, g.LastSeenTime, g.SoftwareVersion)
+			case g.Stats.ConnectedClients != 3 || g.Stats.MeshPeers != 1 || g.Stats.BytesForwarded != 1000 || g.Stats.Drops["queue_full"] != 2 || !g.Stats.UpdateTime.Equal(seen):
+				return fmt.Errorf("stats %+v", g.Stats)
+			case g.Name != "relay-own" || len(g.Addresses) != 1 || g.Addresses[0] != "192.0.2.1:443" || g.STUNAddress != "192.0.2.1:3478":
+				return fmt.Errorf("status write changed the configuration: %s %v %s", g.Name, g.Addresses, g.STUNAddress)
+			}
+			return nil
+		}},
+		{"own relay report, quiet", own, store.AllTenants(), func(r *domain.Relay) {
+			r.Stats.BytesForwarded, r.LastSeenTime = 5000, seen.Add(time.Second)
+		}, false, func(g *domain.Relay) error {
+			if g.Stats.BytesForwarded != 5000 || !g.LastSeenTime.Equal(seen.Add(time.Second)) || g.Stats.ConnectedClients != 3 {
+				return fmt.Errorf("stats %+v, last seen %v", g.Stats, g.LastSeenTime)
+			}
+			return nil
+		}},
+		{"shared relay offline, notified", shared, store.AllTenants(), func(r *domain.Relay) {
+			r.Status = domain.RelayOffline
+		}, true, func(g *domain.Relay) error {
+			if g.Status != domain.RelayOffline || g.Addresses[0] != "192.0.2.2:443" {
+				return fmt.Errorf("status %s, addresses %v", g.Status, g.Addresses)
+			}
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		created := get(tt.relay.ID)
+		head := latest(t, s)
+		must(t, s, tt.scope, func(tx store.Tx) error {
+			cur, err := tx.GetRelay(c, tt.relay.ID)
+			if err != nil {
+				return err
+			}
+			tt.change(cur)
+			return tx.UpdateRelayStatus(c, cur, tt.notify)
+		})
+		evs := feedSince(t, s, head)
+		switch {
+		case !tt.notify && len(evs) != 0:
+			t.Fatalf("%s: quiet status write made events %+v", tt.name, evs)
+		case tt.notify && (len(evs) != 1 || evs[0].ResourceType != domain.ResourceRelayStatus || evs[0].ResourceID != tt.relay.ID ||
+			evs[0].TenantID != tt.relay.TenantID || evs[0].Version != created.Version || evs[0].Op != domain.OpUpdate):
+			t.Fatalf("%s: events %+v, want one relay_status update at version %d of tenant %q", tt.name, evs, created.Version, tt.relay.TenantID)
+		}
+		g := get(tt.relay.ID)
+		if g.Version != created.Version || !g.UpdateTime.Equal(created.UpdateTime) {
+			t.Fatalf("%s: version %d, update time %v; want %d, %v (kept)", tt.name, g.Version, g.UpdateTime, created.Version, created.UpdateTime)
+		}
+		if err := tt.want(g); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+	}
+	// The status filter sees the status.
+	must(t, s, f.scope, func(tx store.Tx) error {
+		p, err := tx.ListRelays(c, store.RelayFilter{Status: domain.RelayOnline}, store.ListOptions{})
+		if err == nil && (len(p.Items) != 1 || p.Items[0].ID != own.ID) {
+			err = fmt.Errorf("status filter: %d items", len(p.Items))
+		}
+		return err
+	})
+	// The etag an API client read before the reports is still good for a configuration update.
+	before := get(own.ID)
+	before.Description = "edited"
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.UpdateRelay(c, before) })
+	// A status computed from the older configuration conflicts; an unconditional one does not.
+	stale := get(own.ID)
+	stale.Version--
+	stale.Status = domain.RelayOffline
+	if err := s.Tx(c, f.scope, func(tx store.Tx) error { return tx.UpdateRelayStatus(c, stale, false) }); !errors.Is(err, domain.ErrConflict) {
+		t.Fatalf("stale status write: %v, want conflict", err)
+	}
+	stale.Version = 0
+	must(t, s, f.scope, func(tx store.Tx) error { return tx.UpdateRelayStatus(c, stale, false) })
+	if g := get(own.ID); g.Status != domain.RelayOffline || g.Version != before.Version || g.Description != "edited" {
+		t.Fatalf("after unconditional status write: status %s, version %d (want %d), description %q", g.Status, g.Version, before.Version, g.Description)
+	}
+	// A tenant reads the shared relay but may not write its status; another tenant cannot see
+	// the tenant's relay; a read-only transaction cannot write.
+	sharedStatus := get(shared.ID)
+	sharedStatus.Status = domain.RelayOnline
+	// (PostgreSQL's row-level security hides the shared row from the locked read: not found.)
+	if err := s.Tx(c, f.scope, func(tx store.Tx) error { return tx.UpdateRelayStatus(c, sharedStatus, false) }); !errors.Is(err, domain.ErrPermissionDenied) && !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("tenant's status write of a shared relay: %v, want permission denied or not found", err)
+	}
+	o := newTenant(t, s, "rlstatus-other", "")
+	if err := s.Tx(c, o.scope, func(tx store.Tx) error { return tx.UpdateRelayStatus(c, stale, false) }); !errors.Is(err, domain.ErrNotFound) {
+		t.Fatalf("other tenant's status write: %v, want not found", err)
+	}
+	if err := s.ReadTx(c, store.AllTenants(), func(tx store.Tx) error { return tx.UpdateRelayStatus(c, stale, false) }); err == nil {
+		t.Fatal("UpdateRelayStatus in a read-only transaction succeeded")
+	}
+	if g := get(shared.ID); g.Status != domain.RelayOffline {
+		t.Fatalf("shared relay status %s after refused writes", g.Status)
+	}
+}

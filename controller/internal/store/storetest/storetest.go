@@ -64,6 +64,7 @@ func Run(t *testing.T, h Harness) {
 		{"StreamRegistry", testStreamRegistry},
 		{"StreamRegistryRace", testStreamRegistryRace},
 		{"VRouterStatusWrites", testVRouterStatusWrites},
+		{"RelayStatusWrites", testRelayStatusWrites},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { tt.fn(t, h) })

@@ -455,6 +455,15 @@ func (tx *Tx) UpdateRelay(ctx context.Context, v *domain.Relay) error {
 	return relays.update(ctx, tx, v)
 }
 
+// UpdateRelayStatus implements store.Tx.
+func (tx *Tx) UpdateRelayStatus(ctx context.Context, v *domain.Relay, notify bool) error {
+	kind := ""
+	if notify {
+		kind = domain.ResourceRelayStatus
+	}
+	return relays.updateStatus(ctx, tx, v.ID, v.Version, func(stored *domain.Relay) { stored.SetStatusFrom(v) }, kind)
+}
+
 // DeleteRelay implements store.Tx.
 func (tx *Tx) DeleteRelay(ctx context.Context, id string, version int64) error {
 	return relays.remove(ctx, tx, id, version)

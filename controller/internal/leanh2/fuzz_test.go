@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/cloudvlan/cloudvlan/controller/internal/testcert"
 )
 
 // FuzzServeConn feeds arbitrary bytes after the connection preface: whatever a client sends, the
@@ -35,7 +37,7 @@ func FuzzServeConn(f *testing.F) {
 	f.Add(seed.Bytes())
 	f.Add([]byte{0, 0, 0, 4, 0, 0, 0, 0, 0})
 
-	cert, pool := selfSigned(f)
+	cert, pool := testcert.SelfSigned(f)
 	srvCfg := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{http2.NextProtoTLS}}
 	cliCfg := &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{http2.NextProtoTLS}}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -240,3 +240,60 @@ func (tx *Tx) scanStreams(ctx context.Context, q string, args ...any) ([]store.M
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
+
+// StoreSyncMapStreams implements store.Store.SyncMapStreams for a store built on this package.
+func StoreSyncMapStreams(ctx context.Context, s store.Store, sync store.StreamSync) (*store.StreamSyncResult, error) {
+	var out *store.StreamSyncResult
+	err := s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		out, err = t.(*Tx).SyncMapStreams(ctx, sync)
+		return err
+	})
+	return out, err
+}
+
+// StoreMapStreams implements store.Store.MapStreams for a store built on this package.
+func StoreMapStreams(ctx context.Context, s store.Store, nodeID string, liveAfter time.Time) ([]store.MapStream, error) {
+	var out []store.MapStream
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		out, err = t.(*Tx).MapStreams(ctx, nodeID, liveAfter)
+		return err
+	})
+	return out, err
+}
+
+// StoreDropReplica implements store.Store.DropReplica for a store built on this package.
+func StoreDropReplica(ctx context.Context, s store.Store, replicaID string) error {
+	return s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
+		return t.(*Tx).DropReplica(ctx, replicaID)
+	})
+}
+
+// StorePostHolePunches implements store.Store.PostHolePunches for a store built on this package.
+func StorePostHolePunches(ctx context.Context, s store.Store, hps []store.HolePunchPost) error {
+	return s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
+		return t.(*Tx).PostHolePunches(ctx, hps)
+	})
+}
+
+// StoreTakeHolePunches implements store.Store.TakeHolePunches for a store built on this package.
+func StoreTakeHolePunches(ctx context.Context, s store.Store, replicaID string) ([]store.HolePunchPost, error) {
+	// Called on every wake-up of the feed: the usual empty queue is a read only.
+	var queued bool
+	err := s.ReadTx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		queued, err = t.(*Tx).HasHolePunches(ctx, replicaID)
+		return err
+	})
+	if err != nil || !queued {
+		return nil, err
+	}
+	var out []store.HolePunchPost
+	err = s.Tx(ctx, store.AllTenants(), func(t store.Tx) error {
+		var err error
+		out, err = t.(*Tx).TakeHolePunches(ctx, replicaID)
+		return err
+	})
+	return out, err
+}

@@ -15,6 +15,9 @@ import (
 	"golang.org/x/net/http2/hpack"
 )
 
+// errConnClosed is returned by writes on a connection that was closed.
+var errConnClosed = errors.New("leanh2: connection closed")
+
 // clientPreface is what every HTTP/2 client sends first (RFC 9113 section 3.4).
 const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -106,6 +109,12 @@ func (c *conn) write(deadline time.Time, fn func(b *batch) error) error {
 	defer c.wmu.Unlock()
 	if c.werr != nil {
 		return c.werr
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return errConnClosed
 	}
 	bw := bufWriterPool.Get().(*bufio.Writer)
 	bw.Reset(c.nc)
@@ -513,10 +522,12 @@ func (c *conn) close(cause error) {
 		streams = append(streams, st)
 	}
 	c.mu.Unlock()
+	// The connection first: handlers that wake up must find nothing to write to (a frame after
+	// GOAWAY would be a lie).
+	_ = c.nc.Close()
 	for _, st := range streams {
 		st.cancel(cause)
 	}
-	_ = c.nc.Close()
 }
 
 // finish runs when the reader stops: it waits for the handlers.

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"sync/atomic"
@@ -130,22 +129,13 @@ func startEnv(t testing.TB, st store.Store, ca pki.Authority, ten *domain.Tenant
 	e := &env{t: t, st: st, ca: ca, p: p, tenant: ten, cvlan: cv, root: ca.Roots(), cancel: cancel, done: make(chan struct{})}
 	go func() { defer close(e.done); _ = p.Run(ctx) }()
 	// The node port is served as cvlan-controller serves it (server.Serve with its HTTP/2 server).
-	sctx, stopServe := context.WithCancel(ctx)
-	served, addrs := make(chan struct{}), make(chan map[string]net.Addr, 1)
-	go func() {
-		defer close(served)
-		_ = server.Serve(sctx, quiet(), []server.Listener{{Name: "node", Addr: "127.0.0.1:0", TLS: p.TLSConfig(), Handler: p.Handler(), HTTP2: server.NodeHTTP2()}},
-			func(m map[string]net.Addr) { addrs <- m })
-	}()
-	select {
-	case m := <-addrs:
-		e.addr = m["node"].String()
-	case <-served:
-		stopServe()
+	r, err := server.Start(ctx, quiet(), []server.Listener{{Name: "node", Addr: "127.0.0.1:0", TLS: p.TLSConfig(), Handler: p.Handler(), HTTP2: server.NodeHTTP2()}})
+	if err != nil {
 		cancel()
-		t.Fatal("node port did not start")
+		t.Fatalf("node port: %v", err)
 	}
-	e.stopServe = func() { stopServe(); <-served }
+	e.addr = r.Addrs["node"].String()
+	e.stopServe = func() { r.Stop(); _ = r.Wait() }
 	t.Cleanup(e.stop)
 	return e
 }

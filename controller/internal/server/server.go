@@ -140,3 +140,43 @@ func MountIntrospection(mux *http.ServeMux, services []string) {
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...)))
 }
+
+// Running is a Serve started in the background by Start.
+type Running struct {
+	// Addrs are the bound addresses by listener name.
+	Addrs  map[string]net.Addr
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// Start runs Serve in a goroutine and returns once every listener is bound, or with Serve's error
+// if it stopped before that.
+func Start(ctx context.Context, log *slog.Logger, listeners []Listener) (*Running, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	r := &Running{cancel: cancel, done: make(chan struct{})}
+	ready := make(chan map[string]net.Addr, 1)
+	go func() {
+		defer close(r.done)
+		r.err = Serve(ctx, log, listeners, func(m map[string]net.Addr) { ready <- m })
+	}()
+	select {
+	case r.Addrs = <-ready:
+		return r, nil
+	case <-r.done:
+		cancel()
+		if r.err == nil {
+			r.err = errors.New("server stopped before listening")
+		}
+		return nil, r.err
+	}
+}
+
+// Stop begins the shutdown (Serve's context ends) and returns at once; Wait waits for it.
+func (r *Running) Stop() { r.cancel() }
+
+// Wait blocks until Serve has returned and returns its error.
+func (r *Running) Wait() error {
+	<-r.done
+	return r.err
+}

@@ -125,3 +125,25 @@ func dialLocal(ctx context.Context, network, addr string) (net.Conn, error) {
 	}
 	return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
 }
+
+// TestStart: Start returns the bound addresses once the ports listen, Stop and Wait end Serve, and a
+// port that cannot be bound is Start's error.
+func TestStart(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	r, err := Start(context.Background(), log, []Listener{{Name: "metrics", Addr: "127.0.0.1:0", Handler: http.NotFoundHandler()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := r.Addrs["metrics"].String()
+	if _, err := Start(context.Background(), log, []Listener{{Name: "metrics", Addr: addr, Handler: http.NotFoundHandler()}}); err == nil {
+		t.Fatalf("second Start on %s succeeded", addr)
+	}
+	r.Stop()
+	if err := r.Wait(); err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatal("port still open after Stop and Wait")
+	}
+}

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -130,12 +129,11 @@ type controller struct {
 	ca    pki.Authority
 	plane *nodeplane.Plane
 	addr  string
-	// stopServe ends server.Serve; served is closed when it has returned.
-	stopServe context.CancelFunc
-	served    chan struct{}
-	done      chan struct{}
-	stop      context.CancelFunc
-	once      sync.Once
+	// serving is the node port (server.Start).
+	serving *server.Running
+	done    chan struct{}
+	stop    context.CancelFunc
+	once    sync.Once
 }
 
 func quiet() *slog.Logger {
@@ -168,33 +166,19 @@ func startController(ctx context.Context, st store.Store, ca pki.Authority, addr
 }
 
 func (c *controller) serve(addr string) error {
-	sctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	errc := make(chan error, 1)
-	served := make(chan struct{})
-	listeners := []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}}
-	go func() {
-		defer close(served)
-		errc <- server.Serve(sctx, quiet(), listeners, func(m map[string]net.Addr) { ready <- m["node"].String() })
-	}()
-	select {
-	case c.addr = <-ready:
-		c.stopServe, c.served = cancel, served
-		return nil
-	case err := <-errc:
-		cancel()
-		if err == nil {
-			err = errors.New("server stopped before listening")
-		}
+	r, err := server.Start(context.Background(), quiet(), []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}})
+	if err != nil {
 		return err
 	}
+	c.addr, c.serving = r.Addrs["node"].String(), r
+	return nil
 }
 
 func (c *controller) close() {
 	c.once.Do(func() {
-		c.stopServe()
+		c.serving.Stop()
 		_ = c.plane.Close()
-		<-c.served
+		_ = c.serving.Wait()
 		c.stop()
 		<-c.done
 	})

@@ -29,11 +29,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -227,10 +225,9 @@ type controller struct {
 	ca    pki.Authority
 	plane *nodeplane.Plane
 	addr  string
-	// stopServe ends server.Serve (listener closed, GOAWAY, request contexts cancelled); served is
-	// closed when it has returned.
-	stopServe context.CancelFunc
-	served    chan struct{}
+	// serving is the node port (server.Start): stopping it closes the listener, sends GOAWAY and
+	// cancels request contexts.
+	serving *server.Running
 	// stop ends the plane's Run; done is closed when it has returned.
 	stop context.CancelFunc
 	done chan struct{}
@@ -271,33 +268,19 @@ func startController(ctx context.Context, st store.Store, ca pki.Authority, addr
 
 // serve starts server.Serve with the node listener and returns its bound address once it listens.
 func (c *controller) serve(addr string) (string, error) {
-	sctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	errc := make(chan error, 1)
-	served := make(chan struct{})
-	listeners := []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}}
-	go func() {
-		defer close(served)
-		errc <- server.Serve(sctx, quiet(), listeners, func(m map[string]net.Addr) { ready <- m["node"].String() })
-	}()
-	select {
-	case a := <-ready:
-		c.stopServe, c.served = cancel, served
-		return a, nil
-	case err := <-errc:
-		cancel()
-		if err == nil {
-			err = errors.New("server stopped before listening")
-		}
+	r, err := server.Start(context.Background(), quiet(), []server.Listener{{Name: "node", Addr: addr, TLS: c.plane.TLSConfig(), Handler: c.plane.Handler(), HTTP2: server.NodeHTTP2()}})
+	if err != nil {
 		return "", err
 	}
+	c.serving = r
+	return r.Addrs["node"].String(), nil
 }
 
 func (c *controller) close() {
 	c.once.Do(func() {
-		c.stopServe()
+		c.serving.Stop()
 		_ = c.plane.Close()
-		<-c.served
+		_ = c.serving.Wait()
 		c.stop()
 		<-c.done
 	})

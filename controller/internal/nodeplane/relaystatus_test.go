@@ -11,9 +11,9 @@ import (
 	"github.com/cloudvlan/cloudvlan/controller/internal/domain"
 	"github.com/cloudvlan/cloudvlan/controller/internal/store"
 	"github.com/cloudvlan/cloudvlan/controller/netmapstate"
+	relayv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/relay/v1"
 	v1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1"
 	"github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/v1/cloudvlanv1connect"
-	relayv1 "github.com/cloudvlan/cloudvlan/gen/go/cloudvlan/relay/v1"
 )
 
 // TestRelayReportKeepsEtag: a relay report with unchanged addresses changes what the API shows
